@@ -1,0 +1,112 @@
+"""The exception hierarchy of langchain-deepseek-ocr, documented in one place.
+
+Every error the package raises on purpose derives from :class:`DeepSeekOCRError`, so a
+caller can catch one class and still tell the cases apart::
+
+    DeepSeekOCRError                 root; carries ``source`` and ``page`` when known
+    ├── InputError                   the input cannot become a page image
+    │   ├── UnsupportedInputError    a type or file format the package does not read
+    │   ├── InputNotFoundError       a path that does not exist or is not a regular file
+    │   ├── InputTooLargeError       over the byte or pixel cap (decompression bombs)
+    │   ├── CorruptInputError        a truncated / undecodable image or PDF
+    │   └── PageOutOfRangeError      a PDF page number the document does not have
+    ├── ConfigurationError           a bad option: unknown task, resolution, device ...
+    ├── ModelLoadError               a model folder or hub id that cannot be loaded
+    └── EngineError                  the engine failed while running a request
+        ├── GenerationError          the model itself failed (shape mismatch, OOM, ...)
+        └── EngineTimeoutError       a request ran past its time limit or was cancelled
+
+Errors carry the context needed to act on them (the input named, the page, the model)
+and a message written for a person.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "CorruptInputError",
+    "DeepSeekOCRError",
+    "EngineError",
+    "EngineTimeoutError",
+    "GenerationError",
+    "InputError",
+    "InputNotFoundError",
+    "InputTooLargeError",
+    "ModelLoadError",
+    "PageOutOfRangeError",
+    "UnsupportedInputError",
+]
+
+
+class DeepSeekOCRError(Exception):
+    """Root of every error raised by langchain-deepseek-ocr.
+
+    Args:
+        message: What went wrong, for a person.
+        source: The input the error is about (a path, ``"<bytes>"``, ``"<PIL image>"``...).
+        page: The 0-based page of ``source`` the error is about, when it is a PDF page.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, page: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.source = source
+        self.page = page
+
+    def __str__(self) -> str:
+        where = ""
+        if self.source is not None:
+            where = self.source if self.page is None else f"{self.source} (page {self.page})"
+            where = f"{where}: "
+        return f"{where}{self.message}"
+
+    def __reduce__(self):  # keep source/page across pickling (process pools)
+        return (_rebuild, (type(self), self.message, self.source, self.page))
+
+
+def _rebuild(cls, message, source, page):
+    return cls(message, source=source, page=page)
+
+
+class InputError(DeepSeekOCRError):
+    """The input cannot be turned into a page image."""
+
+
+class UnsupportedInputError(InputError):
+    """The input is of a type or file format the package does not read."""
+
+
+class InputNotFoundError(InputError):
+    """A path that does not exist, or that is not a regular file."""
+
+
+class InputTooLargeError(InputError):
+    """The input is over the byte or pixel cap (a guard against decompression bombs)."""
+
+
+class CorruptInputError(InputError):
+    """The file is an image or PDF, but a truncated or undecodable one."""
+
+
+class PageOutOfRangeError(InputError):
+    """A PDF page number that the document does not have."""
+
+
+class ConfigurationError(DeepSeekOCRError, ValueError):
+    """An option is invalid: unknown task or resolution, a resolution the model lacks, ..."""
+
+
+class ModelLoadError(DeepSeekOCRError):
+    """The model (hub id or local folder) cannot be loaded."""
+
+
+class EngineError(DeepSeekOCRError):
+    """The engine failed while running a request."""
+
+
+class GenerationError(EngineError):
+    """The model failed during generation (a shape mismatch, out of memory, ...)."""
+
+
+class EngineTimeoutError(EngineError, TimeoutError):
+    """A request ran past its time limit, or was cancelled."""
