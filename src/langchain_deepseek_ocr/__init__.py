@@ -1,1 +1,67 @@
-"""DeepSeek-OCR for LangChain."""
+"""DeepSeek-OCR (v1 and v2) for LangChain.
+
+The data path, one module each: input normalisation (``_inputs``) -> request and prompt
+(``_tasks``) -> engine (``_engine`` Protocol; ``TransformersEngine`` locally) -> parse
+(``_parse``, box maths in ``_boxes``) -> results (``_result``) -> the ``DeepSeekOCR``
+Runnable and the ``deepseek-ocr`` CLI.
+"""
+
+from langchain_deepseek_ocr._boxes import Box
+from langchain_deepseek_ocr._checkpoint import DEFAULT_MODEL
+from langchain_deepseek_ocr._engine import EngineOutput, OCREngine, OCRRequest
+from langchain_deepseek_ocr._errors import (
+    ConfigurationError,
+    CorruptInputError,
+    DeepSeekOCRError,
+    EngineError,
+    EngineTimeoutError,
+    GenerationError,
+    InputError,
+    InputNotFoundError,
+    InputTooLargeError,
+    ModelLoadError,
+    PageOutOfRangeError,
+    UnsupportedInputError,
+)
+from langchain_deepseek_ocr._facade import DeepSeekOCR
+from langchain_deepseek_ocr._inputs import InputLimits, PageImage
+from langchain_deepseek_ocr._ngram import NGramGuard
+from langchain_deepseek_ocr._parse import ParsedOutput, parse_output
+from langchain_deepseek_ocr._result import LayoutBlock, OCRResult
+from langchain_deepseek_ocr._tasks import ModelFamily, OCRTask, Resolution
+from langchain_deepseek_ocr._transformers_engine import TransformersEngine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Box",
+    "ConfigurationError",
+    "CorruptInputError",
+    "DeepSeekOCR",
+    "DeepSeekOCRError",
+    "EngineError",
+    "EngineOutput",
+    "EngineTimeoutError",
+    "GenerationError",
+    "InputError",
+    "InputLimits",
+    "InputNotFoundError",
+    "InputTooLargeError",
+    "LayoutBlock",
+    "ModelFamily",
+    "ModelLoadError",
+    "NGramGuard",
+    "OCREngine",
+    "OCRRequest",
+    "OCRResult",
+    "OCRTask",
+    "PageImage",
+    "PageOutOfRangeError",
+    "ParsedOutput",
+    "Resolution",
+    "TransformersEngine",
+    "UnsupportedInputError",
+    "__version__",
+    "parse_output",
+]

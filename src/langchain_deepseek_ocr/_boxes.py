@@ -51,9 +51,9 @@ class Box(BaseModel):
         if isinstance(data, (list, tuple)):
             if len(data) != 4:
                 raise ValueError("a box needs exactly four numbers")
-            data = dict(zip(("x1", "y1", "x2", "y2"), data))
+            data = dict(zip(("x1", "y1", "x2", "y2"), data, strict=True))
         if isinstance(data, dict):
-            vals = {k: _clamp(int(round(float(data[k]))), 0, GRID_MAX) for k in ("x1", "y1", "x2", "y2")}
+            vals = {k: _clamp(round(float(data[k])), 0, GRID_MAX) for k in ("x1", "y1", "x2", "y2")}
             x1, x2 = sorted((vals["x1"], vals["x2"]))
             y1, y2 = sorted((vals["y1"], vals["y2"]))
             return {"x1": x1, "y1": y1, "x2": x2, "y2": y2}

@@ -27,7 +27,7 @@ class LayoutBlock(BaseModel):
     boxes: list[Box] = Field(default_factory=list, description="Boxes on the 0-999 grid.")
     pixel_boxes: list[tuple[int, int, int, int]] = Field(
         default_factory=list,
-        description="The same boxes in pixels of the original image (empty if its size is unknown).",
+        description="The boxes in pixels of the original image (empty if its size is unknown).",
     )
     text: str = Field(default="", description="The content that follows the block, tags removed.")
     complete: bool = Field(

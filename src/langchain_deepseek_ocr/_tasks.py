@@ -1,4 +1,4 @@
-"""Tasks, prompts and resolution modes: the one table every other module reads.
+r"""Tasks, prompts and resolution modes: the one table every other module reads.
 
 DeepSeek-OCR is driven by a handful of fixed prompts (the model is "very sensitive to
 variations in prompts"). Each prompt is the text that follows ``<image>\\n``; a server that
@@ -74,7 +74,7 @@ _PROMPTS: dict[OCRTask, str] = {
 
 
 def build_prompt(task: OCRTask | str, *, ref: str | None = None, prompt: str | None = None) -> str:
-    """The prompt text for a task (what follows ``<image>\\n``).
+    r"""The prompt text for a task (what follows ``<image>\\n``).
 
     Args:
         task: The task, as an :class:`OCRTask` or its value.
@@ -194,7 +194,9 @@ def parse_resolution(resolution: Resolution | str) -> Resolution:
         return Resolution(str(resolution).lower())
     except ValueError:
         names = ", ".join(r.value for r in Resolution)
-        raise ConfigurationError(f"unknown resolution {resolution!r}; choose one of: {names}") from None
+        raise ConfigurationError(
+            f"unknown resolution {resolution!r}; choose one of: {names}"
+        ) from None
 
 
 def resolutions_for(family: ModelFamily) -> tuple[Resolution, ...]:

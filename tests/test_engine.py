@@ -1,0 +1,214 @@
+"""TransformersEngine on tiny v1 and v2 checkpoints: every mode, batching, streaming, limits."""
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from conftest import noise_image
+from langchain_deepseek_ocr import (
+    ConfigurationError,
+    EngineOutput,
+    EngineTimeoutError,
+    NGramGuard,
+    OCREngine,
+    OCRRequest,
+    Resolution,
+    TransformersEngine,
+)
+from langchain_deepseek_ocr._preprocess import count_image_tokens
+from langchain_deepseek_ocr._tasks import build_prompt, resolution_spec
+
+SHAPES = [(1191, 1684), (600, 500), (2000, 1000), (500, 1500)]
+
+
+def _request(size, task="markdown", **kw):
+    return OCRRequest(
+        image=noise_image(*size, seed=size[0] + size[1]), prompt=build_prompt(task), **kw
+    )
+
+
+def test_engines_implement_the_protocol(v1_engine, v2_engine):
+    assert isinstance(v1_engine, OCREngine)
+    assert isinstance(v2_engine, OCREngine)
+    assert v1_engine.family.value == "v1"
+    assert v2_engine.family.value == "v2"
+
+
+@pytest.mark.parametrize("mode", ["tiny", "small", "base", "large", "gundam"])
+def test_v1_every_mode_runs_with_the_expected_token_count(v1_engine, mode):
+    requests = [_request(size, resolution=Resolution(mode)) for size in SHAPES]
+    outputs = v1_engine.generate(requests)
+    for size, out in zip(SHAPES, outputs, strict=True):
+        assert isinstance(out, EngineOutput), out
+        assert out.vision_tokens == count_image_tokens(*size, resolution_spec("v1", mode))
+        assert out.resolution == mode
+        assert 1 <= out.output_tokens <= 8
+        assert out.prompt_tokens > out.vision_tokens
+
+
+def test_v1_counts_named_in_the_spec(v1_engine):
+    a4 = (1191, 1684)
+    expected = {"tiny": 73, "small": 111, "base": 273, "large": 421, "gundam": 903}
+    outs = v1_engine.generate([_request(a4, resolution=Resolution(m)) for m in expected])
+    assert [o.vision_tokens for o in outs] == list(expected.values())
+
+
+@pytest.mark.parametrize("mode", ["small", "base", "gundam"])
+def test_v2_every_mode_runs_with_the_expected_token_count(v2_engine, mode):
+    outputs = v2_engine.generate([_request(size, resolution=Resolution(mode)) for size in SHAPES])
+    for size, out in zip(SHAPES, outputs, strict=True):
+        assert isinstance(out, EngineOutput), out
+        assert out.vision_tokens == count_image_tokens(*size, resolution_spec("v2", mode))
+    if mode == "gundam":
+        assert outputs[0].vision_tokens == 1121
+
+
+def test_v1_nine_tiles(tiny_v1_dir):
+    engine = TransformersEngine(str(tiny_v1_dir), device="cpu", max_new_tokens=2, max_tiles=9)
+    out = engine.generate([_request((2000, 2000))])[0]
+    assert out.vision_tokens == 1203
+
+
+def test_a_resolution_the_family_lacks_fails_only_that_page(v2_engine):
+    outs = v2_engine.generate(
+        [
+            _request((600, 500)),
+            _request((600, 500), resolution=Resolution.TINY),
+            _request((800, 900)),
+        ]
+    )
+    assert isinstance(outs[0], EngineOutput)
+    assert isinstance(outs[1], ConfigurationError)
+    assert "tiny" in str(outs[1])
+    assert isinstance(outs[2], EngineOutput)
+
+
+@pytest.mark.parametrize("engine_name", ["v1_engine", "v2_engine"])
+def test_batched_equals_sequential(engine_name, request):
+    engine = request.getfixturevalue(engine_name)
+    reqs = [_request(size) for size in SHAPES] + [_request((700, 700), task="free")]
+    batched = engine.generate(reqs)
+    single = [engine.generate([r])[0] for r in reqs]
+    assert [b.token_ids for b in batched] == [s.token_ids for s in single]
+    assert [b.raw for b in batched] == [s.raw for s in single]
+
+
+def test_greedy_is_deterministic(v1_engine):
+    req = _request((900, 1200))
+    assert v1_engine.generate([req])[0].token_ids == v1_engine.generate([req])[0].token_ids
+
+
+def test_streaming_gives_the_same_text(v1_engine, v2_engine):
+    for engine in (v1_engine, v2_engine):
+        req = _request((800, 600), max_new_tokens=24)
+        pieces = list(engine.stream(req))
+        assert "".join(pieces) == engine.generate([req])[0].raw
+        seen: list[tuple[int, str]] = []
+        engine.generate([req, req], on_token=lambda i, t, bag=seen: bag.append((i, t)))
+        assert {i for i, _ in seen} <= {0, 1}
+
+
+async def test_async_paths(v2_engine):
+    req = _request((640, 640))
+    out = (await v2_engine.agenerate([req]))[0]
+    assert out.token_ids == v2_engine.generate([req])[0].token_ids
+    pieces = [p async for p in v2_engine.astream(req)]
+    assert "".join(pieces) == out.raw
+    results = await asyncio.gather(*(v2_engine.agenerate([req]) for _ in range(3)))
+    assert all(r[0].token_ids == out.token_ids for r in results)
+
+
+def test_finish_reasons_length_and_stop(tiny_v1_dir):
+    engine = TransformersEngine(str(tiny_v1_dir), device="cpu", max_new_tokens=5).load()
+    req = _request((600, 500))
+    out = engine.generate([req])[0]
+    if out.finish_reason == "length":
+        assert out.output_tokens == 5
+    # Make end-of-sequence the only sensible next token: then the page stops at once.
+    head = engine._loaded.model.lm_head.weight
+    eos = engine._loaded.special.eos
+    saved = head.detach().clone()
+    stopped = []
+    try:
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                head.zero_()
+                head[eos] = sign * 50.0
+            stopped.append(engine.generate([req])[0])
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
+    stops = [o for o in stopped if o.finish_reason == "stop"]
+    assert stops, [o.token_ids for o in stopped]
+    assert stops[0].output_tokens == 1
+    assert stops[0].raw == ""
+
+
+def test_max_new_tokens_is_capped_by_the_context(tmp_path):
+    from langchain_deepseek_ocr.testing import build_tiny_v1
+
+    folder = build_tiny_v1(tmp_path / "short", max_positions=300)
+    engine = TransformersEngine(str(folder), device="cpu", max_new_tokens=1000)
+    out = engine.generate([_request((600, 500), resolution=Resolution.TINY)])[0]
+    assert out.prompt_tokens + out.output_tokens <= 300
+    too_long = engine.generate([_request((1191, 1684))])[0]
+    assert isinstance(too_long, ConfigurationError)
+    assert "context" in str(too_long)
+
+
+def _repeated_ngrams(ids, n, window):
+    count = 0
+    for end in range(n, len(ids) + 1):
+        gram = tuple(ids[end - n : end])
+        lo = max(0, end - window)
+        earlier = {tuple(ids[i : i + n]) for i in range(lo, end - n)}
+        count += gram in earlier
+    return count
+
+
+def test_ngram_guard_prevents_repeats(tiny_v1_dir):
+    guard = NGramGuard(ngram_size=3, window_size=40, whitelist=())
+    guarded = TransformersEngine(
+        str(tiny_v1_dir), device="cpu", max_new_tokens=40, ngram_guard=guard
+    )
+    free = TransformersEngine(str(tiny_v1_dir), device="cpu", max_new_tokens=40, ngram_guard=False)
+    reqs = [_request(size) for size in SHAPES]
+    loose = [o.token_ids for o in free.generate(reqs)]
+    tight = [o.token_ids for o in guarded.generate(reqs)]
+    assert sum(_repeated_ngrams(ids, 3, 40) for ids in loose) > 0, "tiny model should loop"
+    assert all(_repeated_ngrams(ids, 3, 40) == 0 for ids in tight)
+    # a per-request guard overrides the engine's
+    per_request = free.generate([_request(SHAPES[0], ngram_guard=guard)])[0]
+    assert per_request.token_ids == tight[0]
+
+
+def test_timeout_and_cancel(tiny_v1_dir):
+    engine = TransformersEngine(str(tiny_v1_dir), device="cpu", max_new_tokens=3000, timeout=0.05)
+    out = engine.generate([_request((600, 500))])[0]
+    assert isinstance(out, EngineTimeoutError)
+    assert "time limit" in str(out)
+
+    engine = TransformersEngine(
+        str(tiny_v1_dir), device="cpu", max_new_tokens=3000, ngram_guard=False
+    )
+    started = threading.Event()
+
+    def on_token(_i, _t):
+        if not started.is_set():
+            started.set()
+            engine.cancel()
+
+    out = engine.generate([_request((600, 500))], on_token=on_token)[0]
+    assert isinstance(out, EngineTimeoutError)
+    assert "cancelled" in str(out)
+    # the engine is usable again afterwards
+    assert isinstance(engine.generate([_request((600, 500), max_new_tokens=3)])[0], EngineOutput)
+
+
+def test_bad_engine_options():
+    with pytest.raises(ConfigurationError):
+        TransformersEngine("x", batch_size=0)
+    with pytest.raises(ConfigurationError):
+        TransformersEngine("x", max_new_tokens=0)
