@@ -140,3 +140,14 @@ def test_results_from_real_outputs_carry_blocks_and_pixels(page_png):
     assert first.pixel_boxes[0] == first.boxes[0].to_pixels(width, height)
     assert result.text.startswith("Nasdaq & AMEX")
     assert result.ok
+
+
+def test_a_bad_page_costs_only_itself(ocr_v1, three_page_pdf):
+    out = list(ocr_v1.ocr_document(three_page_pdf, pages=[0, 7, 2], task="free"))
+    assert isinstance(out[0], OCRResult)
+    assert out[0].page == 0
+    assert isinstance(out[1], PageOutOfRangeError)
+    assert out[1].page == 7
+    assert out[1].source == str(three_page_pdf)
+    assert isinstance(out[2], OCRResult)
+    assert out[2].page == 2

@@ -975,3 +975,18 @@ def test_interleaved_pdf_iterators_are_independent() -> None:
     assert next(second).total_pages == 4
     assert [p.page for p in first] == [1, 2]
     assert [p.page for p in second] == [1, 2, 3]
+
+
+def test_iter_page_results_yields_page_errors_in_place(tmp_path: Path) -> None:
+    from langchain_deepseek_ocr._inputs import iter_page_results
+
+    pdf = tmp_path / "five.pdf"
+    pdf.write_bytes(pdf_of(5))
+    items = list(iter_page_results(pdf, pages=[1, 9, -1]))
+    assert [type(i).__name__ for i in items] == ["PageImage", "PageOutOfRangeError", "PageImage"]
+    assert items[2].page == 4
+    broken = tmp_path / "broken.png"
+    broken.write_text("hello")
+    only = list(iter_page_results(broken))
+    assert len(only) == 1
+    assert isinstance(only[0], UnsupportedInputError)

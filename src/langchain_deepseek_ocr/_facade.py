@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field
 
 from langchain_deepseek_ocr._engine import EngineOutput, OCREngine, OCRRequest
 from langchain_deepseek_ocr._errors import ConfigurationError, DeepSeekOCRError
-from langchain_deepseek_ocr._inputs import InputLimits, PageImage, iter_pages, load_image
+from langchain_deepseek_ocr._inputs import InputLimits, PageImage, iter_page_results, load_image
 from langchain_deepseek_ocr._parse import parse_output
 from langchain_deepseek_ocr._result import OCRResult
 from langchain_deepseek_ocr._tasks import (
@@ -377,29 +377,30 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
     ) -> Iterator[tuple[PageImage | None, OCRResult | DeepSeekOCRError]]:
         """Like :meth:`ocr_document`, pairing each result with its page image.
 
-        The page image is ``None`` when the input could not be opened at all.
+        The page image is ``None`` for a page (or a whole input) that could not be read.
         """
         options = _call_options(kwargs)
         size = chunk_size or getattr(self.engine, "batch_size", 8)
         page_list = list(pages) if pages is not None else None
         chunk: list[tuple[PageImage, OCRRequest]] = []
-        try:
-            for page_image in iter_pages(source, pages=page_list, limits=self.limits):
-                chunk.append((page_image, self._request(page_image, options)))
-                if len(chunk) >= size:
-                    yield from self._run_chunk(chunk)
-                    chunk = []
-        except DeepSeekOCRError as exc:
-            if chunk:
+        for item in iter_page_results(source, pages=page_list, limits=self.limits):
+            if isinstance(item, DeepSeekOCRError):
+                # keep the order: pages before the failing one are answered first
                 yield from self._run_chunk(chunk)
-            yield None, exc
-            return
-        if chunk:
-            yield from self._run_chunk(chunk)
+                chunk = []
+                yield None, item
+                continue
+            chunk.append((item, self._request(item, options)))
+            if len(chunk) >= size:
+                yield from self._run_chunk(chunk)
+                chunk = []
+        yield from self._run_chunk(chunk)
 
     def _run_chunk(
         self, chunk: list[tuple[PageImage, OCRRequest]]
     ) -> Iterator[tuple[PageImage, OCRResult | DeepSeekOCRError]]:
+        if not chunk:
+            return
         requests = [request for _page, request in chunk]
         results = self.engine.generate(requests)
         for (page_image, request), result in zip(chunk, results, strict=True):

@@ -59,7 +59,7 @@ import threading
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeAlias
+from typing import Any, BinaryIO, TypeAlias
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
@@ -71,6 +71,7 @@ from langchain_deepseek_ocr._errors import (
     ConfigurationError,
     CorruptInputError,
     DeepSeekOCRError,
+    InputError,
     InputNotFoundError,
     InputTooLargeError,
     PageOutOfRangeError,
@@ -83,6 +84,7 @@ __all__ = [
     "InputLimits",
     "PageImage",
     "count_pages",
+    "iter_page_results",
     "iter_pages",
     "load_image",
 ]
@@ -238,6 +240,30 @@ def iter_pages(
     return _prepare(obj, pages, limits, source)
 
 
+def iter_page_results(
+    obj: ImageInput,
+    *,
+    pages: Sequence[int] | range | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
+    source: str | None = None,
+) -> Iterator[PageImage | InputError]:
+    """Like :func:`iter_pages`, but a page that fails is yielded as its error, in its place.
+
+    This is what batch jobs use: one corrupt or out-of-range page never costs the other
+    pages. An input that cannot be opened at all yields exactly one error (with ``page``
+    None), and the iteration ends there.
+    """
+    try:
+        gen = _prepare(obj, pages, limits, source, tolerant=True)
+    except InputError as exc:
+        yield exc
+        return
+    try:
+        yield from gen
+    except InputError as exc:
+        yield exc
+
+
 def load_image(
     obj: ImageInput,
     *,
@@ -312,14 +338,19 @@ def count_pages(obj: ImageInput, *, limits: InputLimits = DEFAULT_LIMITS) -> int
 
 
 def _prepare(
-    obj: object, pages: Sequence[int] | range | None, limits: object, source: str | None
-) -> Generator[PageImage, None, None]:
+    obj: object,
+    pages: Sequence[int] | range | None,
+    limits: object,
+    source: str | None,
+    *,
+    tolerant: bool = False,
+) -> Generator[Any, None, None]:
     """Check the arguments now (no I/O), and return the lazy page generator."""
     name = _check_obj_type(obj, source)
     page_list = _check_pages_arg(pages, name)
     _check_limits_arg(limits)
     assert isinstance(limits, InputLimits)
-    return _generate(obj, page_list, limits, name)
+    return _generate(obj, page_list, limits, name, tolerant)
 
 
 def _expand(raw: str) -> str:
@@ -385,20 +416,29 @@ def _check_limits_arg(limits: object) -> None:
         raise ConfigurationError(f"limits must be an InputLimits, got {type(limits).__name__}")
 
 
-def _resolve_pages(pages: list[int] | None, total: int, source: str) -> list[int]:
-    """Map requested pages (negative allowed) to 0-based indices; raise if out of range."""
+def _resolve_pages(
+    pages: list[int] | None, total: int, source: str, tolerant: bool = False
+) -> list[Any]:
+    """Map requested pages (negative allowed) to 0-based indices; raise if out of range.
+
+    With ``tolerant`` an out-of-range page becomes its error in the list instead.
+    """
     if pages is None:
         return list(range(total))
-    resolved = []
+    resolved: list[Any] = []
     for p in pages:
         if not -total <= p < total:
             noun = "page" if total == 1 else "pages"
-            raise PageOutOfRangeError(
+            error = PageOutOfRangeError(
                 f"page {p} is out of range: the document has {total} {noun} "
                 f"(valid page numbers: 0..{total - 1}, or -{total}..-1 from the end)",
                 source=source,
                 page=p,
             )
+            if not tolerant:
+                raise error
+            resolved.append(error)
+            continue
         resolved.append(p + total if p < 0 else p)
     return resolved
 
@@ -637,19 +677,19 @@ def _sniff(opened: _Opened, source: str) -> None:
 
 
 def _generate(
-    obj: object, pages: list[int] | None, limits: InputLimits, source: str
-) -> Generator[PageImage, None, None]:
+    obj: object, pages: list[int] | None, limits: InputLimits, source: str, tolerant: bool
+) -> Generator[Any, None, None]:
     if isinstance(obj, Image.Image):  # one page: its current frame
-        indices = _resolve_pages(pages, 1, source)
+        indices = _resolve_pages(pages, 1, source, tolerant)
         single = PageImage(_decode_frame(obj, source, None, limits), source, None, None)
-        for _ in indices:
-            yield single
+        for index in indices:
+            yield index if isinstance(index, InputError) else single
         return
     with _open_input(obj, source, limits) as opened:
         if opened.kind == "pdf":
-            yield from _iter_pdf(opened, source, pages, limits)
+            yield from _iter_pdf(opened, source, pages, limits, tolerant)
         else:
-            yield from _iter_image(opened, source, pages, limits)
+            yield from _iter_image(opened, source, pages, limits, tolerant)
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,16 +754,16 @@ def _frame_count(image: Image.Image, source: str) -> int:
 
 
 def _iter_image(
-    opened: _Opened, source: str, pages: list[int] | None, limits: InputLimits
-) -> Iterator[PageImage]:
+    opened: _Opened, source: str, pages: list[int] | None, limits: InputLimits, tolerant: bool
+) -> Iterator[Any]:
     image = _pil_open(opened, source)
     try:
         total = _frame_count(image, source)
         if total == 1:
-            indices = _resolve_pages(pages, 1, source)
+            indices = _resolve_pages(pages, 1, source, tolerant)
             single = PageImage(_decode_frame(image, source, None, limits), source, None, None)
-            for _ in indices:
-                yield single
+            for index in indices:
+                yield index if isinstance(index, InputError) else single
             return
         if total > limits.max_pages:
             raise InputTooLargeError(
@@ -731,22 +771,36 @@ def _iter_image(
                 "(InputLimits.max_pages)",
                 source=source,
             )
-        for index in _resolve_pages(pages, total, source):
+        for index in _resolve_pages(pages, total, source, tolerant):
+            if isinstance(index, InputError):
+                yield index
+                continue
             try:
-                image.seek(index)
-            except Image.DecompressionBombError as exc:
-                raise InputTooLargeError(str(exc), source=source, page=index) from exc
-            except MemoryError:
-                raise
-            except Exception as exc:
-                raise CorruptInputError(
-                    f"frame {index} cannot be read ({type(exc).__name__}: {exc})",
-                    source=source,
-                    page=index,
-                ) from exc
-            yield PageImage(_decode_frame(image, source, index, limits), source, index, total)
+                yield _read_frame(image, index, total, source, limits)
+            except InputError as exc:
+                if not tolerant:
+                    raise
+                yield exc
     finally:
         image.close()
+
+
+def _read_frame(
+    image: Image.Image, index: int, total: int, source: str, limits: InputLimits
+) -> PageImage:
+    try:
+        image.seek(index)
+    except Image.DecompressionBombError as exc:
+        raise InputTooLargeError(str(exc), source=source, page=index) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise CorruptInputError(
+            f"frame {index} cannot be read ({type(exc).__name__}: {exc})",
+            source=source,
+            page=index,
+        ) from exc
+    return PageImage(_decode_frame(image, source, index, limits), source, index, total)
 
 
 def _decode_frame(
@@ -912,8 +966,8 @@ def _pdf_page_count(document: pdfium.PdfDocument, source: str) -> int:
 
 
 def _iter_pdf(
-    opened: _Opened, source: str, pages: list[int] | None, limits: InputLimits
-) -> Iterator[PageImage]:
+    opened: _Opened, source: str, pages: list[int] | None, limits: InputLimits, tolerant: bool
+) -> Iterator[Any]:
     document = _open_pdf(opened, source)
     try:
         total = _pdf_page_count(document, source)
@@ -923,8 +977,17 @@ def _iter_pdf(
                 "(InputLimits.max_pages); pass pages= to select some, or raise the limit",
                 source=source,
             )
-        for index in _resolve_pages(pages, total, source):
-            image = _render_pdf_page(document, index, source, limits)
+        for index in _resolve_pages(pages, total, source, tolerant):
+            if isinstance(index, InputError):
+                yield index
+                continue
+            try:
+                image = _render_pdf_page(document, index, source, limits)
+            except InputError as exc:
+                if not tolerant:
+                    raise
+                yield exc
+                continue
             yield PageImage(image, source, index, total)
     finally:
         _close_pdf(document)

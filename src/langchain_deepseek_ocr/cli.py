@@ -179,11 +179,9 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
             engine.load()
         ocr = DeepSeekOCR(engine=engine, limits=InputLimits(pdf_dpi=args.dpi))
     except ModelLoadError as exc:
-        print(
-            f"deepseek-ocr: cannot load model {args.model!r}: {exc.message} "
-            "(point --model at a local folder with the checkpoint)",
-            file=sys.stderr,
-        )
+        hint = "" if "--model" in exc.message else " (point --model at a local checkpoint folder)"
+        where = "" if exc.message.startswith("cannot load model") else f"model {args.model!r}: "
+        print(f"deepseek-ocr: error: {where}{exc.message}{hint}", file=sys.stderr)
         return 2
     except DeepSeekOCRError as exc:
         _error_line(exc)
