@@ -14,7 +14,9 @@ caller can catch one class and still tell the cases apart::
     ├── ModelLoadError               a model folder or hub id that cannot be loaded
     └── EngineError                  the engine failed while running a request
         ├── GenerationError          the model itself failed (shape mismatch, OOM, ...)
-        └── EngineTimeoutError       a request ran past its time limit or was cancelled
+        ├── EngineTimeoutError       a request ran past its time limit or was cancelled
+        ├── EngineConnectionError    a server could not be reached (refused, reset, DNS)
+        └── EngineStatusError        a server answered with an error status or a bad body
 
 Errors carry the context needed to act on them (the input named, the page, the model)
 and a message written for a person.
@@ -26,7 +28,9 @@ __all__ = [
     "ConfigurationError",
     "CorruptInputError",
     "DeepSeekOCRError",
+    "EngineConnectionError",
     "EngineError",
+    "EngineStatusError",
     "EngineTimeoutError",
     "GenerationError",
     "InputError",
@@ -110,3 +114,40 @@ class GenerationError(EngineError):
 
 class EngineTimeoutError(EngineError, TimeoutError):
     """A request ran past its time limit, or was cancelled."""
+
+
+class EngineConnectionError(EngineError, ConnectionError):
+    """A server could not be reached: connection refused or reset, DNS failure, ..."""
+
+
+class EngineStatusError(EngineError):
+    """A server answered with an error status, or with a body that is not a valid answer.
+
+    Args:
+        message: What went wrong.
+        status_code: The HTTP status (``None`` for a malformed 200 answer).
+        body: The start of the response body, for diagnosis.
+        source: The input the request was about.
+        page: The page the request was about.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str | None = None,
+        source: str | None = None,
+        page: int | None = None,
+    ):
+        super().__init__(message, source=source, page=page)
+        self.status_code = status_code
+        self.body = body
+
+    def __reduce__(self):
+        state = (self.message, self.status_code, self.body, self.source, self.page)
+        return (_rebuild_status, state)
+
+
+def _rebuild_status(message, status_code, body, source, page):
+    return EngineStatusError(message, status_code=status_code, body=body, source=source, page=page)
