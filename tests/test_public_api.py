@@ -5,6 +5,7 @@ import langchain_deepseek_ocr
 
 EXPECTED = [
     "DEFAULT_MODEL",
+    "Attempt",
     "Box",
     "ConfigurationError",
     "CorruptInputError",
@@ -31,6 +32,7 @@ EXPECTED = [
     "PageImage",
     "PageOutOfRangeError",
     "ParsedOutput",
+    "RecoveryPolicy",
     "Resolution",
     "TransformersEngine",
     "UnsupportedInputError",

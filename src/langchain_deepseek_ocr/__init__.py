@@ -29,7 +29,8 @@ from langchain_deepseek_ocr._facade import DeepSeekOCR
 from langchain_deepseek_ocr._inputs import InputLimits, PageImage
 from langchain_deepseek_ocr._ngram import NGramGuard
 from langchain_deepseek_ocr._parse import ParsedOutput, parse_output
-from langchain_deepseek_ocr._result import LayoutBlock, OCRResult
+from langchain_deepseek_ocr._recovery import RecoveryPolicy
+from langchain_deepseek_ocr._result import Attempt, LayoutBlock, OCRResult
 from langchain_deepseek_ocr._tasks import ModelFamily, OCRTask, Resolution
 from langchain_deepseek_ocr._transformers_engine import TransformersEngine
 
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Attempt",
     "Box",
     "ConfigurationError",
     "CorruptInputError",
@@ -63,6 +65,7 @@ __all__ = [
     "PageImage",
     "PageOutOfRangeError",
     "ParsedOutput",
+    "RecoveryPolicy",
     "Resolution",
     "TransformersEngine",
     "UnsupportedInputError",

@@ -7,6 +7,11 @@ page never costs the other pages of the batch.
 
 An engine is batch-aware (it may group requests as it likes), has a synchronous and an
 asynchronous entry point, and can stream tokens.
+
+Optional attributes the layers above read when present: ``batch_size`` (how many pages to
+hand over per call; documents are chunked by it), ``ngram_guard`` (the default guard) and
+``supports_ngram_guard`` (False for servers that cannot apply one, e.g. Ollama; then the
+recovery policy does not pretend to tighten it).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from langchain_deepseek_ocr._engine import EngineOutput, OCREngine, OCRRequest
 from langchain_deepseek_ocr._errors import ConfigurationError, DeepSeekOCRError
 from langchain_deepseek_ocr._inputs import InputLimits, PageImage, iter_page_results, load_image
 from langchain_deepseek_ocr._parse import parse_output
+from langchain_deepseek_ocr._recovery import RecoveryPolicy, attempt_of, merge_attempt
 from langchain_deepseek_ocr._result import OCRResult
 from langchain_deepseek_ocr._tasks import (
     OCRTask,
@@ -112,6 +113,8 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
     """Default token limit per page; ``None`` leaves it to the engine."""
     limits: InputLimits = Field(default_factory=InputLimits)
     """Caps on input size, pixels and pages, and the PDF rendering dpi."""
+    recovery: RecoveryPolicy = Field(default_factory=RecoveryPolicy)
+    """Retries of pages that loop or are cut off (on by default)."""
 
     def __init__(self, engine: OCREngine | None = None, **kwargs: Any):
         fields = {k: kwargs.pop(k) for k in list(kwargs) if k in type(self).model_fields}
@@ -162,13 +165,77 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
     def _load(self, image: Any, options: Mapping[str, Any]) -> PageImage:
         return load_image(image, page=options.get("page"), limits=self.limits)
 
+    # -- running requests: one place, with recovery --------------------------------------
+
+    def _convert(self, requests: Sequence[OCRRequest], outputs: Sequence[Any]) -> list[Any]:
+        converted: list[Any] = []
+        for request, output in zip(requests, outputs, strict=True):
+            if isinstance(output, DeepSeekOCRError):
+                if output.source is None:
+                    output.source, output.page = request.source, request.page
+                converted.append(output)
+            else:
+                result = build_result(cast("EngineOutput", output), request)
+                attempt = attempt_of(request, result, self.engine)
+                converted.append(result.model_copy(update={"attempts": [attempt]}))
+        return converted
+
+    def _retries(
+        self, requests: list[OCRRequest], results: list[Any]
+    ) -> list[tuple[int, OCRRequest]]:
+        plan = []
+        for index, result in enumerate(results):
+            if self.recovery.needs_retry(result):
+                retry = self.recovery.next_request(requests[index], self.engine)
+                if retry is not None:
+                    plan.append((index, retry))
+        return plan
+
+    def _apply(
+        self,
+        requests: list[OCRRequest],
+        results: list[Any],
+        plan: list[tuple[int, OCRRequest]],
+        outputs: Sequence[Any],
+    ) -> None:
+        retried = [retry for _index, retry in plan]
+        for (index, retry), new in zip(plan, self._convert(retried, outputs), strict=True):
+            attempt = attempt_of(retry, new, self.engine)
+            results[index] = merge_attempt(results[index], new, attempt)
+            requests[index] = retry
+
+    def _execute(self, requests: Sequence[OCRRequest]) -> list[OCRResult | DeepSeekOCRError]:
+        """Run requests on the engine, retry the pages that loop, return results or errors."""
+        requests = list(requests)
+        if not requests:
+            return []
+        results = self._convert(requests, self.engine.generate(requests))
+        for _ in range(self.recovery.max_retries if self.recovery.enabled else 0):
+            plan = self._retries(requests, results)
+            if not plan:
+                break
+            self._apply(requests, results, plan, self.engine.generate([r for _i, r in plan]))
+        return results
+
+    async def _aexecute(self, requests: Sequence[OCRRequest]) -> list[OCRResult | DeepSeekOCRError]:
+        """Asynchronous :meth:`_execute`."""
+        requests = list(requests)
+        if not requests:
+            return []
+        results = self._convert(requests, await self.engine.agenerate(requests))
+        for _ in range(self.recovery.max_retries if self.recovery.enabled else 0):
+            plan = self._retries(requests, results)
+            if not plan:
+                break
+            outputs = await self.engine.agenerate([r for _i, r in plan])
+            self._apply(requests, results, plan, outputs)
+        return results
+
     @staticmethod
-    def _finish(result: Any, request: OCRRequest) -> OCRResult:
+    def _one(result: OCRResult | DeepSeekOCRError) -> OCRResult:
         if isinstance(result, DeepSeekOCRError):
-            if result.source is None:
-                result.source, result.page = request.source, request.page
             raise result
-        return build_result(cast("EngineOutput", result), request)
+        return result
 
     # -- single page ---------------------------------------------------------------------
 
@@ -201,7 +268,7 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
         value, options = self._split_input(image, locals_options(locals()))
         page_image = self._load(value, options)
         request = self._request(page_image, options)
-        return self._finish(self.engine.generate([request])[0], request)
+        return self._one(self._execute([request])[0])
 
     async def aocr(
         self,
@@ -220,7 +287,7 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
         value, options = self._split_input(image, locals_options(locals()))
         page_image = await asyncio.to_thread(self._load, value, options)
         request = self._request(page_image, options)
-        return self._finish((await self.engine.agenerate([request]))[0], request)
+        return self._one((await self._aexecute([request]))[0])
 
     def stream_text(
         self, image: Any, task: OCRTask | str | None = None, **options: Any
@@ -261,19 +328,10 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
         requests: list[OCRRequest | None], outcomes: list[Any], results: list[Any]
     ) -> list[OCRResult | DeepSeekOCRError]:
         it = iter(results)
-        merged: list[OCRResult | DeepSeekOCRError] = []
-        for request, outcome in zip(requests, outcomes, strict=True):
-            if request is None:
-                merged.append(outcome)
-                continue
-            result = next(it)
-            if isinstance(result, DeepSeekOCRError):
-                if result.source is None:
-                    result.source, result.page = request.source, request.page
-                merged.append(result)
-            else:
-                merged.append(build_result(result, request))
-        return merged
+        return [
+            outcome if request is None else next(it)
+            for request, outcome in zip(requests, outcomes, strict=True)
+        ]
 
     def batch(  # type: ignore[override]
         self,
@@ -301,7 +359,7 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
             return []
         requests, outcomes = self._prepare_many(inputs, defaults)
         live = [r for r in requests if r is not None]
-        results = self.engine.generate(live) if live else []
+        results = self._execute(live)
         return _finish_many(self._merge(requests, outcomes, results), return_exceptions)
 
     async def abatch(  # type: ignore[override]
@@ -320,7 +378,7 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
             return []
         requests, outcomes = await asyncio.to_thread(self._prepare_many, inputs, defaults)
         live = [r for r in requests if r is not None]
-        results = await self.engine.agenerate(live) if live else []
+        results = await self._aexecute(live)
         return _finish_many(self._merge(requests, outcomes, results), return_exceptions)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> OCRResult:
@@ -401,15 +459,9 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
     ) -> Iterator[tuple[PageImage, OCRResult | DeepSeekOCRError]]:
         if not chunk:
             return
-        requests = [request for _page, request in chunk]
-        results = self.engine.generate(requests)
-        for (page_image, request), result in zip(chunk, results, strict=True):
-            if isinstance(result, DeepSeekOCRError):
-                if result.source is None:
-                    result.source, result.page = request.source, request.page
-                yield page_image, result
-            else:
-                yield page_image, build_result(result, request)
+        results = self._execute([request for _page, request in chunk])
+        for (page_image, _request), result in zip(chunk, results, strict=True):
+            yield page_image, result
 
 
 def locals_options(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_deepseek_ocr._boxes import Box
 
-__all__ = ["FinishReason", "LayoutBlock", "OCRResult"]
+__all__ = ["Attempt", "FinishReason", "LayoutBlock", "OCRResult"]
 
 FinishReason = Literal["stop", "length", "error"]
 
@@ -33,6 +33,21 @@ class LayoutBlock(BaseModel):
     complete: bool = Field(
         default=True, description="False when the block's box list was cut off (truncated output)."
     )
+
+
+class Attempt(BaseModel):
+    """One run of the model on a page: what was tried and how it came out."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resolution: str | None = Field(default=None, description="Resolution mode of this run.")
+    ngram_size: int | None = Field(default=None, description="n of the n-gram guard (None: off).")
+    window_size: int | None = Field(default=None, description="Window of the n-gram guard.")
+    finish_reason: FinishReason = Field(default="stop", description="How the run ended.")
+    repetition: bool = Field(default=False, description="The run's output looped.")
+    truncated: bool = Field(default=False, description="The run's output was cut off.")
+    output_tokens: int = Field(default=0, description="Tokens the run generated.")
+    error: str | None = Field(default=None, description="The error the run ended in, if any.")
 
 
 class OCRResult(BaseModel):
@@ -66,6 +81,11 @@ class OCRResult(BaseModel):
     seconds: float = Field(default=0.0, description="Wall time of the engine call for this page.")
     source: str | None = Field(default=None, description="Where the page came from (path...).")
     page: int | None = Field(default=None, description="0-based page of a PDF, else None.")
+    attempts: list[Attempt] = Field(
+        default_factory=list,
+        description="Every run made for this page, in order (more than one after a recovery).",
+    )
+    kept_attempt: int = Field(default=0, description="Index in `attempts` of the run kept.")
 
     @property
     def compression_ratio(self) -> float:

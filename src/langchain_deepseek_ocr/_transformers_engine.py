@@ -172,6 +172,9 @@ class TransformersEngine:
         self._run_lock = threading.Lock()
         self._cancel = threading.Event()
 
+    supports_ngram_guard = True
+    """This engine applies the n-gram guard (per request too)."""
+
     # -- loading -------------------------------------------------------------------------
 
     def load(self) -> TransformersEngine:

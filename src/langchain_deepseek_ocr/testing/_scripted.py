@@ -16,6 +16,7 @@ from typing import Literal
 
 from langchain_deepseek_ocr._engine import EngineOutput, EngineResult, OCRRequest, TokenCallback
 from langchain_deepseek_ocr._errors import DeepSeekOCRError
+from langchain_deepseek_ocr._ngram import NGramGuard
 from langchain_deepseek_ocr._preprocess import count_image_tokens
 from langchain_deepseek_ocr._tasks import (
     ModelFamily,
@@ -52,6 +53,7 @@ class ScriptedEngine:
         self._family = ModelFamily(family)
         self._model = model
         self.batch_size = batch_size
+        self.ngram_guard = NGramGuard()
         self.calls: list[list[OCRRequest]] = []
 
     @property
