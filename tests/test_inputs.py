@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import io
 import os
 import pickle
-import struct
 import sys
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,23 +33,13 @@ from langchain_deepseek_ocr._inputs import (
     iter_pages,
     load_image,
 )
+from langchain_deepseek_ocr.testing._hostile import bomb_png, encrypted_pdf, make_pdf
 
 A4 = (595.276, 841.89)
 
 # --------------------------------------------------------------------------------------------
 # Builders
 # --------------------------------------------------------------------------------------------
-
-
-def make_pdf(sizes: list[tuple[float, float]]) -> bytes:
-    """A PDF made with pypdfium2, one blank page per (width, height) in points."""
-    document = pdfium.PdfDocument.new()
-    for width, height in sizes:
-        document.new_page(width, height)
-    buffer = io.BytesIO()
-    document.save(buffer)
-    document.close()
-    return buffer.getvalue()
 
 
 def pdf_of(n: int) -> bytes:
@@ -74,86 +61,6 @@ def png_bytes(image: Image.Image, **params) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", **params)
     return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data))
-        + kind
-        + data
-        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header declares width×height 1-bit pixels, with almost no data behind it."""
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-_RC4_PAD = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
-
-
-def _rc4(key: bytes, data: bytes) -> bytes:
-    state = list(range(256))
-    j = 0
-    for i in range(256):
-        j = (j + state[i] + key[i % len(key)]) % 256
-        state[i], state[j] = state[j], state[i]
-    out = bytearray()
-    i = j = 0
-    for byte in data:
-        i = (i + 1) % 256
-        j = (j + state[i]) % 256
-        state[i], state[j] = state[j], state[i]
-        out.append(byte ^ state[(state[i] + state[j]) % 256])
-    return bytes(out)
-
-
-def encrypted_pdf(user_password: bytes, owner_password: bytes = b"owner") -> bytes:
-    """A real one-page encrypted PDF: standard security handler, RC4 40-bit (V1, R2).
-
-    pypdfium2 cannot write encrypted PDFs, so the file is assembled by hand following the
-    PDF 1.4 spec (algorithms 3.2, 3.3, 3.4). It has no strings or streams, so nothing but the
-    /O and /U entries needs encrypting; ``test_encrypted_pdf_builder_is_genuine`` checks that
-    pdfium accepts it with the right passwords only.
-    """
-    file_id = bytes(range(16))
-    permissions = -44
-    owner_key = hashlib.md5((owner_password + _RC4_PAD)[:32]).digest()[:5]
-    o_value = _rc4(owner_key, (user_password + _RC4_PAD)[:32])
-    key_input = (user_password + _RC4_PAD)[:32] + o_value + struct.pack("<i", permissions)
-    key = hashlib.md5(key_input + file_id).digest()[:5]
-    u_value = _rc4(key, _RC4_PAD)
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 300] >>",
-        b"<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P %d >>"
-        % (o_value.hex().encode(), u_value.hex().encode(), permissions),
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    hex_id = file_id.hex().encode()
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Encrypt 4 0 R /ID [<%s> <%s>] >>\n" % (
-        len(objects) + 1,
-        hex_id,
-        hex_id,
-    )
-    out += b"startxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
 
 
 def assert_names(err: pytest.ExceptionInfo, source: str) -> None:

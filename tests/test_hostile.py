@@ -1,0 +1,106 @@
+"""A corpus of 50+ hostile inputs: each ends in its typed error or a correct result.
+
+The corpus comes from ``langchain_deepseek_ocr.testing.hostile_inputs``. Here it goes through
+the facade on the tiny real model, one input at a time and all at once in a batch (where
+the good inputs must all arrive), and through the CLI. pytest-timeout bounds every test, so
+a hang fails.
+"""
+
+import pytest
+
+from conftest import noise_image
+from langchain_deepseek_ocr import DeepSeekOCR, DeepSeekOCRError, InputLimits, OCRResult
+from langchain_deepseek_ocr._recovery import RecoveryPolicy
+from langchain_deepseek_ocr.testing._hostile import hostile_inputs
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return hostile_inputs(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="module")
+def ocr(tiny_v1_dir):
+    from langchain_deepseek_ocr import TransformersEngine
+
+    engine = TransformersEngine(str(tiny_v1_dir), device="cpu", max_new_tokens=2)
+    return DeepSeekOCR(engine=engine, recovery=RecoveryPolicy(enabled=False))
+
+
+def test_the_corpus_is_large_and_mixed(corpus):
+    assert len(corpus) >= 40
+    assert sum(c.error is None for c in corpus) >= 15
+    assert sum(c.error is not None for c in corpus) >= 30
+    assert len({c.name for c in corpus}) == len(corpus)
+
+
+@pytest.mark.timeout(120)
+def test_every_hostile_input_through_the_facade(ocr, corpus):
+    failures = []
+    for case in corpus:
+        runner = ocr
+        if case.limits:
+            runner = DeepSeekOCR(
+                engine=ocr.engine, recovery=ocr.recovery, limits=InputLimits(**case.limits)
+            )
+        try:
+            result = runner.ocr(case.value)
+        except DeepSeekOCRError as exc:
+            if case.error is None or not isinstance(exc, case.error):
+                failures.append(f"{case.name}: raised {type(exc).__name__}: {exc}")
+            elif exc.source is None or not str(exc):
+                failures.append(f"{case.name}: error does not name its input")
+            continue
+        except Exception as exc:  # an untyped error is a failure of the package
+            failures.append(f"{case.name}: untyped {type(exc).__name__}: {exc}")
+            continue
+        if case.error is not None:
+            failures.append(f"{case.name}: expected {case.error.__name__}, got a result")
+        elif not isinstance(result, OCRResult) or (case.size and result.image_size != case.size):
+            failures.append(f"{case.name}: wrong result {getattr(result, 'image_size', None)}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_of_all_of_them_keeps_every_good_input(ocr, corpus):
+    plain = [c for c in corpus if not c.limits]
+    good = noise_image(320, 240)
+    inputs = [good, *[c.value for c in plain], good]
+    out = ocr.batch(inputs, return_exceptions=True)
+    assert len(out) == len(inputs)
+    assert isinstance(out[0], OCRResult)
+    assert isinstance(out[-1], OCRResult)
+    for case, item in zip(plain, out[1:-1], strict=True):
+        if case.error is None:
+            assert isinstance(item, OCRResult), (case.name, item)
+        else:
+            assert isinstance(item, case.error), (case.name, item)
+
+
+@pytest.mark.timeout(180)
+def test_the_cli_reports_each_bad_file_and_writes_the_rest(tiny_v1_dir, corpus, tmp_path, capsys):
+    from langchain_deepseek_ocr.cli import main
+
+    files = [c for c in corpus if not c.limits and hasattr(c.value, "is_file")]
+    files = [c for c in files if c.value.is_file()]
+    code = main(
+        [
+            *(str(c.value) for c in files),
+            "--model",
+            str(tiny_v1_dir),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--max-new-tokens",
+            "2",
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    bad = [c for c in files if c.error is not None]
+    assert code == (1 if bad else 0)
+    for case in bad:
+        assert case.value.name in err, case.name
+    for case in files:
+        assert (tmp_path / "out" / f"{case.value.stem}.md").exists() or case.value.stem in err
