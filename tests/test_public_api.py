@@ -5,19 +5,26 @@ import langchain_deepseek_ocr
 
 EXPECTED = [
     "DEFAULT_MODEL",
+    "AccessDeniedError",
     "Attempt",
     "Box",
     "ConfigurationError",
     "CorruptInputError",
     "DeepSeekOCR",
+    "DeepSeekOCRDescribeTool",
     "DeepSeekOCRError",
+    "DeepSeekOCRLocateTool",
+    "DeepSeekOCRTool",
+    "DeepSeekOCRToolkit",
     "EngineConnectionError",
     "EngineError",
     "EngineOutput",
     "EngineStatusError",
     "EngineTimeoutError",
     "GenerationError",
+    "ImageSourcePolicy",
     "InputError",
+    "InputFetchError",
     "InputLimits",
     "InputNotFoundError",
     "InputTooLargeError",
@@ -54,6 +61,16 @@ def test_every_error_derives_from_the_root():
     assert all(issubclass(e, DeepSeekOCRError) for e in errors)
     err = langchain_deepseek_ocr.CorruptInputError("bad bytes", source="a.pdf", page=3)
     assert str(err) == "a.pdf (page 3): bad bytes"
+
+
+def test_building_objects_does_not_load_the_model():
+    from langchain_deepseek_ocr import DeepSeekOCR, DeepSeekOCRToolkit, TransformersEngine
+
+    engine = TransformersEngine("/no/such/model")  # would fail if it were loaded
+    ocr = DeepSeekOCR(engine=engine)
+    tools = DeepSeekOCRToolkit(engine=ocr).get_tools()
+    assert len(tools) == 3
+    assert not engine.loaded
 
 
 def test_importing_the_package_does_not_import_torch():

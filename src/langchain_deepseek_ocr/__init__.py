@@ -10,6 +10,7 @@ from langchain_deepseek_ocr._boxes import Box
 from langchain_deepseek_ocr._checkpoint import DEFAULT_MODEL
 from langchain_deepseek_ocr._engine import EngineOutput, OCREngine, OCRRequest
 from langchain_deepseek_ocr._errors import (
+    AccessDeniedError,
     ConfigurationError,
     CorruptInputError,
     DeepSeekOCRError,
@@ -19,6 +20,7 @@ from langchain_deepseek_ocr._errors import (
     EngineTimeoutError,
     GenerationError,
     InputError,
+    InputFetchError,
     InputNotFoundError,
     InputTooLargeError,
     ModelLoadError,
@@ -31,26 +33,40 @@ from langchain_deepseek_ocr._ngram import NGramGuard
 from langchain_deepseek_ocr._parse import ParsedOutput, parse_output
 from langchain_deepseek_ocr._recovery import RecoveryPolicy
 from langchain_deepseek_ocr._result import Attempt, LayoutBlock, OCRResult
+from langchain_deepseek_ocr._sources import ImageSourcePolicy
 from langchain_deepseek_ocr._tasks import ModelFamily, OCRTask, Resolution
+from langchain_deepseek_ocr._tools import (
+    DeepSeekOCRDescribeTool,
+    DeepSeekOCRLocateTool,
+    DeepSeekOCRTool,
+    DeepSeekOCRToolkit,
+)
 from langchain_deepseek_ocr._transformers_engine import TransformersEngine
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "AccessDeniedError",
     "Attempt",
     "Box",
     "ConfigurationError",
     "CorruptInputError",
     "DeepSeekOCR",
+    "DeepSeekOCRDescribeTool",
     "DeepSeekOCRError",
+    "DeepSeekOCRLocateTool",
+    "DeepSeekOCRTool",
+    "DeepSeekOCRToolkit",
     "EngineConnectionError",
     "EngineError",
     "EngineOutput",
     "EngineStatusError",
     "EngineTimeoutError",
     "GenerationError",
+    "ImageSourcePolicy",
     "InputError",
+    "InputFetchError",
     "InputLimits",
     "InputNotFoundError",
     "InputTooLargeError",

@@ -9,7 +9,9 @@ caller can catch one class and still tell the cases apart::
     │   ├── InputNotFoundError       a path that does not exist or is not a regular file
     │   ├── InputTooLargeError       over the byte or pixel cap (decompression bombs)
     │   ├── CorruptInputError        a truncated / undecodable image or PDF
-    │   └── PageOutOfRangeError      a PDF page number the document does not have
+    │   ├── PageOutOfRangeError      a PDF page number the document does not have
+    │   ├── AccessDeniedError        a path/URL outside what the policy allows (tools)
+    │   └── InputFetchError          a URL that could not be downloaded
     ├── ConfigurationError           a bad option: unknown task, resolution, device ...
     ├── ModelLoadError               a model folder or hub id that cannot be loaded
     └── EngineError                  the engine failed while running a request
@@ -25,6 +27,7 @@ and a message written for a person.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "ConfigurationError",
     "CorruptInputError",
     "DeepSeekOCRError",
@@ -34,6 +37,7 @@ __all__ = [
     "EngineTimeoutError",
     "GenerationError",
     "InputError",
+    "InputFetchError",
     "InputNotFoundError",
     "InputTooLargeError",
     "ModelLoadError",
@@ -94,6 +98,23 @@ class CorruptInputError(InputError):
 
 class PageOutOfRangeError(InputError):
     """A PDF page number that the document does not have."""
+
+
+class AccessDeniedError(InputError):
+    """The input is outside what the policy allows.
+
+    A path that leaves the allowed folders, a hidden file, a URL while URLs are off, a URL
+    scheme other than http(s), credentials in a URL, or a host that resolves to a
+    non-public address (loopback, private, link-local / cloud metadata, ...).
+    """
+
+
+class InputFetchError(InputError):
+    """A URL could not be downloaded.
+
+    The host does not resolve, the connection fails, the server answers with an error
+    status, the download takes longer than the policy allows, or it redirects too often.
+    """
 
 
 class ConfigurationError(DeepSeekOCRError, ValueError):

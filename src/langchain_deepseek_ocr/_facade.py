@@ -129,7 +129,7 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
             )
         if isinstance(engine, DeepSeekOCR):
             engine = engine.engine
-        if not isinstance(engine, OCREngine):
+        if not _is_engine(engine):
             raise ConfigurationError(f"{type(engine).__name__} does not implement OCREngine")
         super().__init__(engine=engine, **fields)
 
@@ -462,6 +462,30 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
         results = self._execute([request for _page, request in chunk])
         for (page_image, _request), result in zip(chunk, results, strict=True):
             yield page_image, result
+
+
+_ENGINE_MEMBERS = (
+    "model_name",
+    "family",
+    "default_resolution",
+    "resolutions",
+    "generate",
+    "agenerate",
+    "stream",
+    "astream",
+)
+
+
+def _is_engine(obj: Any) -> bool:
+    """Whether ``obj`` implements :class:`OCREngine`, without reading its properties.
+
+    ``isinstance`` against a runtime-checkable Protocol evaluates every property, and the
+    local engine's ``family`` loads the checkpoint -- construction must stay lazy.
+    """
+    kind = type(obj)
+    return all(
+        hasattr(kind, name) or name in getattr(obj, "__dict__", {}) for name in _ENGINE_MEMBERS
+    )
 
 
 def locals_options(values: Mapping[str, Any]) -> dict[str, Any]:
