@@ -13,7 +13,10 @@ EXPECTED = [
     "DeepSeekOCR",
     "DeepSeekOCRDescribeTool",
     "DeepSeekOCRError",
+    "DeepSeekOCRImageBlobParser",
+    "DeepSeekOCRLoader",
     "DeepSeekOCRLocateTool",
+    "DeepSeekOCRParser",
     "DeepSeekOCRTool",
     "DeepSeekOCRToolkit",
     "EngineConnectionError",
@@ -36,6 +39,7 @@ EXPECTED = [
     "OCRRequest",
     "OCRResult",
     "OCRTask",
+    "PAGES_DELIMITER",
     "PageImage",
     "PageOutOfRangeError",
     "ParsedOutput",
@@ -44,7 +48,10 @@ EXPECTED = [
     "TransformersEngine",
     "UnsupportedInputError",
     "__version__",
+    "error_to_document",
     "parse_output",
+    "result_to_documents",
+    "results_to_document",
 ]
 
 
@@ -73,7 +80,10 @@ def test_building_objects_does_not_load_the_model():
     assert not engine.loaded
 
 
-def test_importing_the_package_does_not_import_torch():
-    code = "import sys, langchain_deepseek_ocr; print('torch' in sys.modules)"
+def test_importing_the_package_does_not_import_torch_or_community():
+    code = (
+        "import sys, langchain_deepseek_ocr; "
+        "print('torch' in sys.modules, 'langchain_community' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
