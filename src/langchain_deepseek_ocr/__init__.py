@@ -37,6 +37,7 @@ from langchain_deepseek_ocr._facade import DeepSeekOCR
 from langchain_deepseek_ocr._inputs import InputLimits, PageImage
 from langchain_deepseek_ocr._loader import DeepSeekOCRLoader
 from langchain_deepseek_ocr._ngram import NGramGuard
+from langchain_deepseek_ocr._openai_engine import EndpointStatus, OpenAIEngine
 from langchain_deepseek_ocr._parse import ParsedOutput, parse_output
 from langchain_deepseek_ocr._parsers import DeepSeekOCRParser
 from langchain_deepseek_ocr._recovery import RecoveryPolicy
@@ -80,6 +81,7 @@ __all__ = [
     "DeepSeekOCRParser",
     "DeepSeekOCRTool",
     "DeepSeekOCRToolkit",
+    "EndpointStatus",
     "EngineConnectionError",
     "EngineError",
     "EngineOutput",
@@ -100,6 +102,7 @@ __all__ = [
     "OCRRequest",
     "OCRResult",
     "OCRTask",
+    "OpenAIEngine",
     "PageImage",
     "PageOutOfRangeError",
     "ParsedOutput",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from langchain_deepseek_ocr._errors import ConfigurationError
 
@@ -30,7 +30,7 @@ __all__ = [
 IMAGE_TOKEN = "<image>"
 
 
-class ModelFamily(str, Enum):
+class ModelFamily(StrEnum):
     """The DeepSeek-OCR model family a checkpoint belongs to."""
 
     V1 = "v1"
@@ -39,7 +39,7 @@ class ModelFamily(str, Enum):
     """DeepSeek-OCR-2: SAM ViT-B + a Qwen2-style encoder with learned queries."""
 
 
-class OCRTask(str, Enum):
+class OCRTask(StrEnum):
     """What the model is asked to do with a page."""
 
     MARKDOWN = "markdown"
@@ -117,7 +117,7 @@ def parse_task(task: OCRTask | str) -> OCRTask:
         raise ConfigurationError(f"unknown task {task!r}; choose one of: {names}") from None
 
 
-class Resolution(str, Enum):
+class Resolution(StrEnum):
     """Resolution modes (the names DeepSeek uses)."""
 
     TINY = "tiny"

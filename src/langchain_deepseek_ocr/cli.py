@@ -61,7 +61,19 @@ def _parser() -> argparse.ArgumentParser:
         choices=[r.value for r in Resolution],
         help="resolution mode (default: gundam; v2 has small/base/gundam)",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local checkpoint folder")
+    p.add_argument(
+        "--model",
+        help=f"hub id or local checkpoint folder (default {DEFAULT_MODEL}); "
+        "with --server: the served model id (default: the one the server serves)",
+    )
+    p.add_argument(
+        "--server",
+        action="append",
+        metavar="URL",
+        help="an OpenAI-compatible DeepSeek-OCR server (vLLM, SGLang, Ollama) instead of "
+        "the local model; repeat for several (requests are spread over them). The API "
+        "key comes from DEEPSEEK_OCR_API_KEY or OPENAI_API_KEY",
+    )
     p.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: best available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on cuda)")
     p.add_argument("--batch-size", type=int, default=8, help="pages per generate call")
@@ -158,6 +170,7 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
         print("deepseek-ocr: error: --task locate needs --ref", file=sys.stderr)
         return 2
 
+    from langchain_deepseek_ocr._checkpoint import DEFAULT_MODEL
     from langchain_deepseek_ocr._errors import DeepSeekOCRError, ModelLoadError
     from langchain_deepseek_ocr._facade import DeepSeekOCR
     from langchain_deepseek_ocr._inputs import InputLimits, count_pages
@@ -165,9 +178,12 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
 
     files = list(_expand(args.inputs))
     out_dir = Path(args.out)
+    model = args.model or DEFAULT_MODEL
     try:
+        if engine is None and args.server:
+            engine = _server_engine(args)
         engine = engine or TransformersEngine(
-            args.model,
+            model,
             device=args.device,
             dtype=args.dtype,
             batch_size=args.batch_size,
@@ -177,10 +193,18 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
         )
         if isinstance(engine, TransformersEngine):
             engine.load()
+        elif args.resolution and args.resolution not in {r.value for r in engine.resolutions()}:
+            served = ", ".join(r.value for r in engine.resolutions())
+            print(
+                f"deepseek-ocr: error: the server runs one fixed resolution ({served}); "
+                f"--resolution {args.resolution} is not available there",
+                file=sys.stderr,
+            )
+            return 2
         ocr = DeepSeekOCR(engine=engine, limits=InputLimits(pdf_dpi=args.dpi))
     except ModelLoadError as exc:
         hint = "" if "--model" in exc.message else " (point --model at a local checkpoint folder)"
-        where = "" if exc.message.startswith("cannot load model") else f"model {args.model!r}: "
+        where = "" if exc.message.startswith("cannot load model") else f"model {model!r}: "
         print(f"deepseek-ocr: error: {where}{exc.message}{hint}", file=sys.stderr)
         return 2
     except DeepSeekOCRError as exc:
@@ -214,6 +238,16 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
     finally:
         progress.close()
     return 1 if failures else 0
+
+
+def _server_engine(args: argparse.Namespace) -> Any:
+    from langchain_deepseek_ocr._openai_engine import OpenAIEngine
+
+    return OpenAIEngine(
+        args.server,
+        model=args.model,
+        max_new_tokens=args.max_new_tokens,
+    )
 
 
 def _stem(file: Path, used: set[str]) -> str:
