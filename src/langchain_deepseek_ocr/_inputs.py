@@ -910,6 +910,25 @@ def _stretch_to_8bit(image: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------------------------
 
 
+_PAGELESS_MAX_BYTES = 1 << 20
+
+
+def _pageless(opened: _Opened) -> bool:
+    """Whether a small PDF that PDFium refused declares an empty page tree."""
+    data = opened.data
+    if data is None:
+        try:
+            opened.stream.seek(0)
+            data = opened.stream.read(_PAGELESS_MAX_BYTES + 1)
+        except OSError:
+            return False
+    if len(data) > _PAGELESS_MAX_BYTES:
+        return False
+    has_empty_tree = re.search(rb"/Type\s*/Pages\b", data) and re.search(rb"/Count\s+0\b", data)
+    has_page = re.search(rb"/Type\s*/Page(?![a-zA-Z])", data)
+    return bool(has_empty_tree and not has_page)
+
+
 def _open_pdf(opened: _Opened, source: str) -> pdfium.PdfDocument:
     """Open a PDF with forms initialised; encrypted and corrupt documents raise typed errors."""
     pdf_input: object = opened.data if opened.data is not None else opened.stream
@@ -918,7 +937,9 @@ def _open_pdf(opened: _Opened, source: str) -> pdfium.PdfDocument:
             document = pdfium.PdfDocument(pdf_input)
         except pdfium.PdfiumError as exc:
             code = getattr(exc, "err_code", None)
-            if code == pdfium_c.FPDF_ERR_SUCCESS:  # pypdfium2 refuses a document of 0 pages
+            # PDFium refuses a document of 0 pages; its error code is not reliable then
+            # (it can be a stale one), so look at the document itself.
+            if code in (pdfium_c.FPDF_ERR_SUCCESS, pdfium_c.FPDF_ERR_FORMAT) and _pageless(opened):
                 raise CorruptInputError("the PDF has no pages", source=source) from exc
             if code == pdfium_c.FPDF_ERR_PASSWORD:
                 raise UnsupportedInputError(

@@ -773,7 +773,7 @@ async def afetch_url(url: str, policy: ImageSourcePolicy) -> bytes:
                     loop.run_in_executor(None, resolve_host, target.host, target.port),
                     _timeout(deadline, shown),
                 )
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise InputFetchError(
                     "the download timed out while resolving the host", source=shown
                 ) from exc
