@@ -104,3 +104,93 @@ def test_the_cli_reports_each_bad_file_and_writes_the_rest(tiny_v1_dir, corpus, 
         assert case.value.name in err, case.name
     for case in files:
         assert (tmp_path / "out" / f"{case.value.stem}.md").exists() or case.value.stem in err
+
+
+def _as_files(corpus, folder):
+    """Every corpus case that can be a file, as a file under ``folder`` (bytes written out)."""
+    import io
+    import shutil
+
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    files = []
+    for case in corpus:
+        if case.limits:
+            continue
+        value = case.value
+        if isinstance(value, Image.Image):
+            if 0 in value.size:
+                continue
+            buffer = io.BytesIO()
+            value.save(buffer, format="PNG")
+            value = buffer.getvalue()
+        if isinstance(value, bytes):
+            path = folder / f"{case.name}.png"
+            path.write_bytes(value)
+        elif hasattr(value, "is_file") and value.is_file():
+            path = folder / value.name
+            shutil.copyfile(value, path)
+        else:
+            continue
+        files.append((case, path))
+    return files
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    """The tools and the loader read inputs before any engine runs: a scripted engine
+    keeps these two runs fast (the facade tests above run the corpus on the real model)."""
+    from langchain_deepseek_ocr.testing import ScriptedEngine
+
+    return DeepSeekOCR(engine=ScriptedEngine("Free text."), recovery=RecoveryPolicy(enabled=False))
+
+
+@pytest.mark.timeout(300)
+def test_every_hostile_file_through_the_tool(scripted, corpus, tmp_path):
+    from langchain_deepseek_ocr import DeepSeekOCRTool
+
+    files = _as_files(corpus, tmp_path / "root")
+    assert len(files) >= 30
+    tool = DeepSeekOCRTool(engine=scripted, allowed_roots=[tmp_path / "root"])
+    outside = [c for c in corpus if hasattr(c.value, "is_file") and not c.value.is_file()]
+    outside += [c for c in corpus if isinstance(c.value, str)]
+    failures = []
+    calls = [(case, path.name) for case, path in files] + [(c, str(c.value)) for c in outside]
+    for index, (case, argument) in enumerate(calls):
+        message = tool.invoke(
+            {"type": "tool_call", "id": f"c{index}", "name": tool.name, "args": {"image": argument}}
+        )
+        ok = message.status == "success"
+        if case.error is None and case.name not in ("url-string",):
+            if not ok or (case.size and message.artifact.image_size != case.size):
+                failures.append(f"{case.name}: {message.status} {message.content[:120]}")
+        elif ok:
+            failures.append(f"{case.name}: expected an error, got a result")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.timeout(300)
+def test_every_hostile_file_through_the_loader(scripted, corpus, tmp_path):
+    from langchain_deepseek_ocr import DeepSeekOCRLoader
+
+    files = _as_files(corpus, tmp_path / "in")
+    paths = [path for _case, path in files]
+    loader = DeepSeekOCRLoader(paths, engine=scripted, on_error="record")
+    docs = loader.load()
+    by_source: dict[str, list] = {}
+    for doc in docs:
+        by_source.setdefault(doc.metadata["source"], []).append(doc)
+    expected_pages = {"multi-frame-tiff": 3, "a4-pdf": 3}
+    for case, path in files:
+        got = by_source.get(str(path), [])
+        if case.error is None:
+            pages = expected_pages.get(case.name, 1)
+            assert len(got) == pages, (case.name, [d.metadata for d in got])
+            assert all("error" not in d.metadata for d in got), case.name
+        else:
+            assert len(got) == 1, (case.name, [d.metadata for d in got])
+            assert got[0].metadata["error_type"] == case.error.__name__, case.name
+    good_pages = sum(expected_pages.get(c.name, 1) for c, _p in files if c.error is None)
+    bad = sum(1 for c, _p in files if c.error is not None)
+    assert len(docs) == good_pages + bad
