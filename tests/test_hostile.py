@@ -27,6 +27,15 @@ def ocr(tiny_v1_dir):
     return DeepSeekOCR(engine=engine, recovery=RecoveryPolicy(enabled=False))
 
 
+@pytest.fixture(scope="module")
+def scripted():
+    """The tools and the loader read inputs before any engine runs: a scripted engine
+    keeps these two runs fast (the facade tests above run the corpus on the real model)."""
+    from langchain_deepseek_ocr.testing import ScriptedEngine
+
+    return DeepSeekOCR(engine=ScriptedEngine("Free text."), recovery=RecoveryPolicy(enabled=False))
+
+
 def test_the_corpus_is_large_and_mixed(corpus):
     assert len(corpus) >= 40
     assert sum(c.error is None for c in corpus) >= 15
@@ -62,11 +71,11 @@ def test_every_hostile_input_through_the_facade(ocr, corpus):
 
 
 @pytest.mark.timeout(120)
-def test_a_batch_of_all_of_them_keeps_every_good_input(ocr, corpus):
+def test_a_batch_of_all_of_them_keeps_every_good_input(scripted, corpus):
     plain = [c for c in corpus if not c.limits]
     good = noise_image(320, 240)
     inputs = [good, *[c.value for c in plain], good]
-    out = ocr.batch(inputs, return_exceptions=True)
+    out = scripted.batch(inputs, return_exceptions=True)
     assert len(out) == len(inputs)
     assert isinstance(out[0], OCRResult)
     assert isinstance(out[-1], OCRResult)
@@ -135,15 +144,6 @@ def _as_files(corpus, folder):
             continue
         files.append((case, path))
     return files
-
-
-@pytest.fixture(scope="module")
-def scripted():
-    """The tools and the loader read inputs before any engine runs: a scripted engine
-    keeps these two runs fast (the facade tests above run the corpus on the real model)."""
-    from langchain_deepseek_ocr.testing import ScriptedEngine
-
-    return DeepSeekOCR(engine=ScriptedEngine("Free text."), recovery=RecoveryPolicy(enabled=False))
 
 
 @pytest.mark.timeout(300)
