@@ -11,6 +11,7 @@ from langchain_deepseek_ocr import (
     ConfigurationError,
     EngineOutput,
     EngineTimeoutError,
+    GenerationError,
     NGramGuard,
     OCREngine,
     OCRRequest,
@@ -212,3 +213,157 @@ def test_bad_engine_options():
         TransformersEngine("x", batch_size=0)
     with pytest.raises(ConfigurationError):
         TransformersEngine("x", max_new_tokens=0)
+
+
+# -- batching, prefetching and the pipeline ------------------------------------------------
+
+
+def _planned(engine, requests):
+    loaded = engine._ensure_loaded()
+    return [engine._plan(i, r, loaded) for i, r in enumerate(requests)]
+
+
+def test_batches_group_by_view_size_sort_by_vision_tokens_and_stay_full(tiny_v1_dir):
+    engine = TransformersEngine(str(tiny_v1_dir), device="cpu", batch_size=3)
+    sizes = [(600, 500), (1191, 1684), (2000, 1000), (500, 1500), (1191, 1684), (700, 700)]
+    reqs = [_request(s) for s in sizes]
+    # different token limits and guards share batches; base (1024 view) joins gundam
+    reqs.append(_request((900, 900), resolution=Resolution.BASE, max_new_tokens=3))
+    reqs.append(_request((900, 900), ngram_guard=False))
+    reqs.append(_request((900, 900), resolution=Resolution.TINY))
+    batches = list(engine._batches(_planned(engine, reqs)))
+    assert [len(b) for b in batches] == [3, 3, 2, 1]  # full batches; tiny (512) apart
+    flat = [it for b in batches[:3] for it in b]
+    tokens = [it.num_image_tokens for it in flat]
+    assert tokens == sorted(tokens, reverse=True)
+    assert batches[-1][0].spec.name is Resolution.TINY
+
+
+def test_mixed_limits_and_guards_in_one_batch_equal_sequential(tiny_v1_dir):
+    engine = TransformersEngine(
+        str(tiny_v1_dir), device="cpu", max_new_tokens=12, ngram_guard=NGramGuard(3, 12, ())
+    ).load()
+    reqs = [
+        _request((1191, 1684), max_new_tokens=4),
+        _request((1191, 1684)),
+        _request((600, 500), ngram_guard=False),
+        _request((2000, 1000), max_new_tokens=7, ngram_guard=NGramGuard(2, 20, ())),
+        _request((900, 900), resolution=Resolution.BASE, max_new_tokens=2),
+    ]
+    assert len(list(engine._batches(_planned(engine, reqs)))) == 1
+    seen: list[tuple[int, str]] = []
+    batched = engine.generate(reqs, on_token=lambda i, t: seen.append((i, t)))
+    single = [engine.generate([r])[0] for r in reqs]
+    assert [b.token_ids for b in batched] == [s.token_ids for s in single]
+    assert [b.finish_reason for b in batched] == [s.finish_reason for s in single]
+    assert batched[0].output_tokens <= 4
+    assert batched[4].output_tokens <= 2
+    for index, out in enumerate(batched):  # streamed text stops at each row's own limit
+        assert "".join(t for i, t in seen if i == index) == out.raw
+
+
+def test_vision_micro_batches_and_workers_do_not_change_tokens(tiny_v2_dir, v2_engine):
+    reqs = [_request(size) for size in SHAPES]
+    expected = [o.token_ids for o in v2_engine.generate(reqs)]
+    for options in (
+        {"vision_batch": 1, "preprocess_workers": 0},
+        {"vision_batch": 1000, "preprocess_workers": 1, "batch_size": 3},
+        {"vision_batch": 7, "preprocess_workers": 3, "batch_size": 2},
+    ):
+        engine = TransformersEngine(str(tiny_v2_dir), device="cpu", max_new_tokens=8, **options)
+        assert [o.token_ids for o in engine.generate(reqs)] == expected, options
+        engine.close()
+
+
+def test_prefetch_prepares_ahead_and_gives_the_same_output(v1_engine):
+    reqs = [_request(size) for size in SHAPES]
+    expected = [o.token_ids for o in v1_engine.generate(reqs)]
+    v1_engine.prefetch(reqs)
+    assert len(v1_engine._prefetched) == len(reqs)
+    for request in reqs:
+        v1_engine._prefetched[id(request)][1].result()  # prepared in the background
+    assert [o.token_ids for o in v1_engine.generate(reqs)] == expected
+    assert not v1_engine._prefetched  # consumed
+    # a request the engine cannot plan is skipped by prefetch and reported by generate
+    bad = _request((600, 500), resolution=Resolution.SMALL)
+    v1_engine.prefetch([bad, *reqs[:1]])
+    v1_engine._prefetched.clear()
+
+
+def test_a_page_that_fails_to_prepare_fails_alone(v1_engine):
+    class Broken:
+        size = (600, 500)
+        width, height = size
+        mode = "RGB"
+
+        def resize(self, *_a, **_k):
+            raise OSError("decoder died")
+
+        def convert(self, _mode):
+            return self
+
+    reqs = [
+        _request((600, 500)),
+        OCRRequest(image=Broken(), prompt="Free OCR."),
+        _request(SHAPES[0]),
+    ]
+    outs = v1_engine.generate(reqs)
+    assert isinstance(outs[0], EngineOutput)
+    assert isinstance(outs[1], GenerationError)
+    assert "decoder died" in str(outs[1])
+    assert isinstance(outs[2], EngineOutput)
+
+
+def test_generate_kwargs_reach_generate(tiny_v1_dir):
+    engine = TransformersEngine(
+        str(tiny_v1_dir),
+        device="cpu",
+        max_new_tokens=6,
+        generate_kwargs={"min_new_tokens": 6},
+    )
+    head_out = engine.generate([_request((600, 500)), _request((1191, 1684))])
+    assert [o.output_tokens for o in head_out] == [6, 6]
+    assert all(o.finish_reason == "length" for o in head_out)
+    with pytest.raises(ConfigurationError, match="max_new_tokens"):
+        TransformersEngine(str(tiny_v1_dir), generate_kwargs={"max_new_tokens": 3})
+    with pytest.raises(ConfigurationError):
+        TransformersEngine(str(tiny_v1_dir), preprocess_workers=-1)
+    with pytest.raises(ConfigurationError):
+        TransformersEngine(str(tiny_v1_dir), vision_batch=0)
+
+
+def test_from_model_runs_an_in_memory_model(v1_engine, v2_engine):
+    from langchain_deepseek_ocr import ModelLoadError
+
+    for engine in (v1_engine, v2_engine):
+        loaded = engine._loaded
+        wrapped = TransformersEngine.from_model(
+            loaded.model, loaded.tokenizer, name="memory", max_new_tokens=8
+        )
+        assert wrapped.family is engine.family
+        assert wrapped.model_name == "memory"
+        reqs = [_request(SHAPES[0]), _request(SHAPES[1])]
+        assert [o.token_ids for o in wrapped.generate(reqs)] == [
+            o.token_ids for o in engine.generate(reqs)
+        ]
+        assert wrapped.generate(reqs)[0].model == "memory"
+    with pytest.raises(ModelLoadError):
+        TransformersEngine.from_model(torch.nn.Linear(2, 2), v1_engine._loaded.tokenizer)
+    with pytest.raises(ConfigurationError):
+        TransformersEngine.from_model(
+            v1_engine._loaded.model, v1_engine._loaded.tokenizer, device="cpu"
+        )
+
+
+def test_prefetch_keeps_at_most_two_batches(tiny_v1_dir):
+    engine = TransformersEngine(str(tiny_v1_dir), device="cpu", batch_size=5).load()
+    reqs = [_request((300 + i, 200)) for i in range(12)]
+    engine.prefetch(reqs)
+    assert len(engine._prefetched) == 10  # two batches of 5; the oldest were dropped
+    assert id(reqs[0]) not in engine._prefetched
+    assert id(reqs[-1]) in engine._prefetched
+    engine.close()
+    assert not engine._prefetched
+    off = TransformersEngine(str(tiny_v1_dir), device="cpu", preprocess_workers=0).load()
+    off.prefetch(reqs)
+    assert not off._prefetched

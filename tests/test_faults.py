@@ -57,7 +57,7 @@ def test_one_page_that_breaks_the_model_costs_only_itself(engine, monkeypatch):
 
     requests = _requests(4)
     requests[2] = OCRRequest(image=noise_image(1300, 700), prompt=build_prompt("free"), page=2)
-    prepared = engine._prepare(2, requests[2], engine._loaded)
+    prepared = engine._plan(2, requests[2], engine._loaded)
     breaks_on_wide_pages.bad_width = len(prepared.ids)
     monkeypatch.setattr(net, "generate", breaks_on_wide_pages)
     out = engine.generate(requests)

@@ -191,3 +191,171 @@ def test_rgb_conversion_and_shapes():
     assert prepared.global_view.dtype == np.float32
     assert prepared.global_view.max() <= 1.0
     assert prepared.global_view.min() >= -1.0
+
+
+# -- the fast path: uint8 pixels from PIL, tensors built in torch --------------------------
+
+
+@pytest.mark.parametrize(
+    ("family", "mode", "size"),
+    [
+        ("v1", "gundam", (1191, 1684)),
+        ("v1", "gundam", (1684, 1191)),
+        ("v1", "tiny", (900, 500)),
+        ("v1", "base", (1024, 1024)),
+        ("v1", "large", (1400, 900)),
+        ("v2", "gundam", (1000, 3000)),
+        ("v2", "small", (768, 300)),
+        ("v2", "base", (3, 2000)),
+    ],
+)
+def test_uint8_pixels_are_exactly_pils(family, mode, size):
+    spec = resolution_spec(family, mode)
+    image = noise_image(*size, seed=size[0] * 7 + size[1])
+    ours = prepare_image(image, spec)
+    assert ours.global_pixels.dtype == np.uint8
+    side = spec.base_size if spec.crop else spec.image_size
+    if not spec.crop and family == "v1" and spec.image_size <= 640:
+        ref = image.resize((side, side), Image.Resampling.BICUBIC)
+    else:
+        ref = ImageOps.pad(image, (side, side), color=(127, 127, 127))
+    np.testing.assert_array_equal(ours.global_pixels, np.asarray(ref))
+    if ours.grid is None:
+        assert ours.tile_pixels is None
+    else:
+        cols, rows = ours.grid
+        canvas = image.resize((spec.image_size * cols, spec.image_size * rows))
+        np.testing.assert_array_equal(ours.tile_pixels, np.asarray(canvas))
+
+
+def _reference_batch(pages):
+    glob = np.stack([p.global_view for p in pages])
+    tiles = [p.tiles for p in pages if p.tiles is not None]
+    return glob, (np.concatenate(tiles) if tiles else None)
+
+
+def test_pixel_batch_equals_the_float_reference_exactly():
+    import torch
+
+    from langchain_deepseek_ocr._preprocess import pixel_batch
+
+    spec = resolution_spec("v1", "gundam")
+    sizes = [(1191, 1684), (600, 500), (2000, 1000), (500, 1500)]
+    pages = [prepare_image(noise_image(*s, seed=i), spec) for i, s in enumerate(sizes)]
+    batch = pixel_batch(pages, device="cpu", dtype=torch.float32)
+    ref_glob, ref_tiles = _reference_batch(pages)
+    np.testing.assert_array_equal(batch.pixel_values.numpy(), ref_glob)
+    np.testing.assert_array_equal(batch.pixel_values_local.numpy(), ref_tiles)
+    assert batch.num_local_patches == [6, 0, 2, 3]
+    assert batch.patches_grid == [[2, 3], [1, 1], [2, 1], [1, 3]]
+    # in the model's dtype: the float32 result cast, as the float pipeline did
+    bf16 = pixel_batch(pages, device="cpu", dtype=torch.bfloat16)
+    assert bf16.pixel_values.dtype == torch.bfloat16
+    assert torch.equal(bf16.pixel_values, torch.from_numpy(ref_glob).to(torch.bfloat16))
+    assert torch.equal(bf16.pixel_values_local, torch.from_numpy(ref_tiles).to(torch.bfloat16))
+
+
+def test_device_path_layout_matches_the_reference():
+    """The GPU path (uint8 staged, tiled and normalised in torch) run on the CPU."""
+    import torch
+
+    from langchain_deepseek_ocr._preprocess import _device_views
+
+    spec = resolution_spec("v2", "gundam")
+    pages = [prepare_image(noise_image(*s, seed=3), spec) for s in [(1191, 1684), (700, 700)]]
+    tiled = [p for p in pages if p.tile_pixels is not None]
+    glob, local = _device_views(
+        torch,
+        pages,
+        tiled,
+        side=1024,
+        tile=768,
+        total_tiles=6,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    ref_glob, ref_tiles = _reference_batch(pages)
+    np.testing.assert_array_equal(glob.numpy(), ref_glob)
+    np.testing.assert_array_equal(local.numpy(), ref_tiles)
+
+
+def test_pixel_batch_without_tiles_and_bad_mixes():
+    from langchain_deepseek_ocr._preprocess import pixel_batch
+
+    base = resolution_spec("v1", "base")
+    page = prepare_image(noise_image(300, 400), base)
+    batch = pixel_batch([page, page])
+    assert batch.pixel_values_local is None
+    assert batch.num_local_patches == [0, 0]
+    assert tuple(batch.pixel_values.shape) == (2, 3, 1024, 1024)
+    tiny = prepare_image(noise_image(300, 400), resolution_spec("v1", "tiny"))
+    with pytest.raises(ValueError, match="global-view size"):
+        pixel_batch([page, tiny])
+    with pytest.raises(ValueError, match="at least one"):
+        pixel_batch([])
+
+
+def test_prepared_pages_hold_uint8_not_float():
+    spec = resolution_spec("v2", "gundam")
+    prepared = prepare_image(noise_image(*A4_144DPI), spec)
+    held = prepared.global_pixels.nbytes + prepared.tile_pixels.nbytes
+    as_float = prepared.global_view.nbytes + prepared.tiles.nbytes
+    assert held * 4 == as_float
+
+
+# -- read_ahead ----------------------------------------------------------------------------
+
+
+def test_read_ahead_keeps_order_and_bounds_the_lead():
+    from langchain_deepseek_ocr._preprocess import read_ahead
+
+    produced = []
+
+    def source():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    seen = []
+    for item in read_ahead(source(), 3):
+        # the producer holds at most one item beyond the 3 waiting ones
+        assert len(produced) - len(seen) <= 3 + 1 + 1
+        seen.append(item)
+    assert seen == list(range(50))
+
+
+def test_read_ahead_raises_errors_in_place_and_closes_early():
+    from langchain_deepseek_ocr._preprocess import read_ahead
+
+    def failing():
+        yield 1
+        yield 2
+        raise KeyError("boom")
+
+    got = []
+
+    def drain():
+        for item in read_ahead(failing(), 2):
+            got.append(item)
+
+    with pytest.raises(KeyError, match="boom"):
+        drain()
+    assert got == [1, 2]
+
+    closed = []
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.append(True)
+
+    it = read_ahead(endless(), 2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # waits for the producer, which closes the source in its own thread
+    assert closed == [True]
+    with pytest.raises(ValueError, match="ahead"):
+        read_ahead([], 0)

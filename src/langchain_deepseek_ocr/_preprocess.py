@@ -20,23 +20,47 @@ Token layout -- how many ``<image>`` placeholders a page needs:
   plus ``(rows*t)*(cols*t + 1)`` for the stitched tile grid, with ``q``/``t`` the queries
   per side (``ceil(side/16/4)``);
 * v2: ``q*q + 1`` plus ``t*t`` per tile (no newlines).
+
+How the work is split, for speed (the pixels are bit-identical to DeepSeek's steps):
+
+* :func:`prepare_image` (CPU, per page) does only what needs PIL: one bicubic resize for
+  the global view and one for the whole tile canvas (the tiles are slices of it, never
+  cropped or copied one by one). It returns **uint8** pixels, height x width x RGB, as PIL
+  holds them: no float conversion, no transposition, a quarter of the bytes.
+* :func:`pixel_batch` turns the pages of a batch into the model's input tensors *on the
+  model's device*: one host-to-device copy of the uint8 pixels (pinned memory on CUDA),
+  then the cut into tiles, the channel-first layout and the normalisation in torch
+  (float32 arithmetic, then the model's dtype, exactly as the float path did).
+* :func:`read_ahead` runs an iterator (page rendering, request building) in a background
+  thread a bounded number of items ahead, so the CPU work of the next chunk of a document
+  overlaps the model's work on the current one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from langchain_deepseek_ocr._tasks import ModelFamily, ResolutionSpec
 
 __all__ = [
     "PAD_COLOR",
+    "PixelBatch",
     "PreparedImage",
     "count_image_tokens",
+    "global_side",
+    "normalise_pixels",
+    "pixel_batch",
     "prepare_image",
+    "read_ahead",
     "select_grid",
 ]
 
@@ -44,6 +68,10 @@ PAD_COLOR = (127, 127, 127)
 """Padding colour of the global view: ``int(0.5 * 255)`` per channel, as upstream."""
 
 _RESAMPLE = Image.Resampling.BICUBIC
+_SCALE = 2.0 / 255.0
+"""``ToTensor`` (/255) then ``Normalize(0.5, 0.5)`` is ``x * 2/255 - 1`` (in float32)."""
+
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=16)
@@ -76,11 +104,15 @@ def select_grid(width: int, height: int, spec: ResolutionSpec) -> tuple[int, int
     return best
 
 
+def global_side(spec: ResolutionSpec) -> int:
+    """Side of the (square) global view of a resolution mode, in pixels."""
+    return spec.base_size if spec.crop else spec.image_size
+
+
 def count_image_tokens(width: int, height: int, spec: ResolutionSpec) -> int:
     """How many ``<image>`` placeholders a ``width`` x ``height`` page needs in this mode."""
     grid = select_grid(width, height, spec)
-    global_side = spec.base_size if spec.crop else spec.image_size
-    q = spec.queries(global_side)
+    q = spec.queries(global_side(spec))
     t = spec.queries(spec.image_size)
     if spec.family is ModelFamily.V1:
         total = q * (q + 1) + 1
@@ -94,21 +126,23 @@ def count_image_tokens(width: int, height: int, spec: ResolutionSpec) -> int:
     return total
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PreparedImage:
-    """One page, ready for the vision tower.
+    """One page, resized and padded, as uint8 pixels ready to be sent to the model's device.
 
     Attributes:
-        global_view: ``(3, S, S)`` float32, normalised to -1..1.
-        tiles: ``(k, 3, T, T)`` float32, or ``None`` when the page is not tiled.
+        global_pixels: ``(S, S, 3)`` uint8: the global view, height x width x RGB.
+        tile_pixels: ``(rows*T, cols*T, 3)`` uint8: the page stretched onto the tile grid
+            (tile ``i`` is the slice at row ``i // cols``, column ``i % cols``), or ``None``
+            when the page is not tiled.
         grid: ``(columns, rows)`` of the tiles, or ``None``.
         num_image_tokens: The ``<image>`` placeholders the page needs.
         image_size: ``(width, height)`` of the original page.
         spec: The resolution mode used.
     """
 
-    global_view: np.ndarray
-    tiles: np.ndarray | None
+    global_pixels: np.ndarray
+    tile_pixels: np.ndarray | None
     grid: tuple[int, int] | None
     num_image_tokens: int
     image_size: tuple[int, int]
@@ -119,60 +153,343 @@ class PreparedImage:
         """How many tiles the page was cut into (0 when untiled)."""
         return 0 if self.grid is None else self.grid[0] * self.grid[1]
 
+    @property
+    def global_view(self) -> np.ndarray:
+        """``(3, S, S)`` float32, normalised to -1..1 (computed on each access)."""
+        out = np.empty((3, *self.global_pixels.shape[:2]), dtype=np.float32)
+        return normalise_pixels(self.global_pixels.transpose(2, 0, 1), out)
 
-def _normalise(image: Image.Image) -> np.ndarray:
-    """``ToTensor`` + ``Normalize(0.5, 0.5)`` as one step: ``(3, H, W)`` float32."""
-    arr = np.asarray(image, dtype=np.uint8)
-    out = arr.astype(np.float32)
-    out *= 2.0 / 255.0
+    @property
+    def tiles(self) -> np.ndarray | None:
+        """``(k, 3, T, T)`` float32 normalised tiles, row-major, or ``None`` (computed)."""
+        if self.tile_pixels is None or self.grid is None:
+            return None
+        cols, rows = self.grid
+        size = self.spec.image_size
+        out = np.empty((rows * cols, 3, size, size), dtype=np.float32)
+        normalise_pixels(
+            _tile_view(self.tile_pixels, cols, rows, size), _grid_view(out, cols, rows)
+        )
+        return out
+
+
+def _tile_view(canvas: np.ndarray, cols: int, rows: int, size: int) -> np.ndarray:
+    """``(rows*T, cols*T, 3)`` -> a ``(rows, cols, 3, T, T)`` view (no copy)."""
+    return canvas.reshape(rows, size, cols, size, 3).transpose(0, 2, 4, 1, 3)
+
+
+def _grid_view(out: np.ndarray, cols: int, rows: int) -> np.ndarray:
+    """``(rows*cols, 3, T, T)`` -> a ``(rows, cols, 3, T, T)`` view (no copy)."""
+    return out.reshape(rows, cols, *out.shape[1:])
+
+
+def normalise_pixels(pixels: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write ``pixels * 2/255 - 1`` (uint8 in, float32 arithmetic) into ``out`` and return it.
+
+    ``pixels`` may be any strided view (a transposition is folded into the one copy). The
+    arithmetic is ``ToTensor`` + ``Normalize(0.5, 0.5)`` in float32, as DeepSeek's code does.
+    """
+    out[...] = pixels
+    out *= _SCALE
     out -= 1.0
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    return out
 
 
-def _global_view(image: Image.Image, spec: ResolutionSpec) -> Image.Image:
-    if spec.crop:
-        side = spec.base_size
-    else:
-        side = spec.image_size
-        if spec.family is ModelFamily.V1 and spec.image_size <= 640:
-            image = image.resize((side, side), _RESAMPLE)
+def _fit(width: int, height: int, side: int) -> tuple[int, int]:
+    """The size ``ImageOps.contain`` gives a ``width`` x ``height`` image in a square."""
+    ratio = width / height
+    if ratio > 1:
+        new_height = round(height / width * side)
+        return (side, new_height) if new_height != side else (side, side)
+    if ratio < 1:
+        new_width = round(width / height * side)
+        return (new_width, side) if new_width != side else (side, side)
+    return side, side
+
+
+def _resize(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(image.resize(size, _RESAMPLE))
+
+
+def _global_pixels(image: Image.Image, spec: ResolutionSpec) -> np.ndarray:
+    """The global view as ``(S, S, 3)`` uint8: ``ImageOps.pad`` (grey 127, centred), exactly."""
+    side = global_side(spec)
+    if not spec.crop and spec.family is ModelFamily.V1 and spec.image_size <= 640:
+        # v1 tiny/small stretch the page onto the square (upstream's resize before pad)
+        return _resize(image, (side, side))
     if image.size == (side, side):
-        return image
-    return ImageOps.pad(image, (side, side), method=_RESAMPLE, color=PAD_COLOR)
+        return np.asarray(image)
+    fit_w, fit_h = _fit(image.width, image.height, side)
+    if (fit_w, fit_h) == (side, side):
+        return _resize(image, (side, side))
+    out = np.empty((side, side, 3), dtype=np.uint8)
+    out[...] = PAD_COLOR
+    if min(fit_w, fit_h) == 0:  # a sliver of a page: ImageOps.contain gives an empty image
+        return out
+    resized = _resize(image, (fit_w, fit_h))
+    # ImageOps.pad centres with Python's round() (half to even), which we keep
+    if fit_w != side:
+        x = round((side - fit_w) * 0.5)
+        out[:, x : x + fit_w] = resized
+    else:
+        y = round((side - fit_h) * 0.5)
+        out[y : y + fit_h, :] = resized
+    return out
 
 
 def prepare_image(image: Image.Image, spec: ResolutionSpec) -> PreparedImage:
-    """Preprocess one RGB page image for a resolution mode.
+    """Preprocess one RGB page image for a resolution mode (the CPU part, uint8 out).
+
+    Two PIL resizes at most (global view, tile canvas); everything else is done on the
+    model's device by :func:`pixel_batch`. PIL releases the GIL while it resizes, so pages
+    can be prepared on several threads at once (the engine does).
 
     Args:
         image: The page, mode ``RGB`` (see :mod:`langchain_deepseek_ocr._inputs`).
         spec: The resolution mode, from :func:`~langchain_deepseek_ocr._tasks.resolution_spec`.
 
     Returns:
-        The global view, the tiles and the placeholder count.
+        The global view, the tile canvas and the placeholder count.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
     width, height = image.size
     grid = select_grid(width, height, spec)
-    global_arr = _normalise(_global_view(image, spec))
-    tiles = None
+    canvas = None
     if grid is not None:
         cols, rows = grid
         size = spec.image_size
-        canvas = _normalise(image.resize((size * cols, size * rows), _RESAMPLE))
-        # (3, rows*S, cols*S) -> (rows*cols, 3, S, S), row-major like upstream's crops
-        tiles = (
-            canvas.reshape(3, rows, size, cols, size)
-            .transpose(1, 3, 0, 2, 4)
-            .reshape(rows * cols, 3, size, size)
-        )
-        tiles = np.ascontiguousarray(tiles)
+        # resize once; the tiles are slices of this canvas (upstream crops them one by one)
+        canvas = _resize(image, (size * cols, size * rows))
     return PreparedImage(
-        global_view=global_arr,
-        tiles=tiles,
+        global_pixels=_global_pixels(image, spec),
+        tile_pixels=canvas,
         grid=grid,
         num_image_tokens=count_image_tokens(width, height, spec),
         image_size=(width, height),
         spec=spec,
     )
+
+
+@dataclass
+class PixelBatch:
+    """The vision inputs of one batch, on the model's device.
+
+    Attributes:
+        pixel_values: ``(N, 3, S, S)`` global views, normalised, in the model's dtype.
+        pixel_values_local: ``(K, 3, T, T)`` all tiles of the batch, page after page, or
+            ``None`` when no page is tiled.
+        num_local_patches: Tiles per page.
+        patches_grid: ``[columns, rows]`` per page (``[1, 1]`` when untiled).
+    """
+
+    pixel_values: Any
+    pixel_values_local: Any | None
+    num_local_patches: list[int]
+    patches_grid: list[list[int]]
+
+    def tensors(self) -> list[Any]:
+        """The tensors it holds."""
+        out = [self.pixel_values]
+        if self.pixel_values_local is not None:
+            out.append(self.pixel_values_local)
+        return out
+
+
+def pixel_batch(
+    images: Sequence[PreparedImage], *, device: Any = "cpu", dtype: Any = None
+) -> PixelBatch:
+    """Build the model's vision inputs for a batch of prepared pages, on ``device``.
+
+    All pages must share the global-view size (and, when tiled, the tile size). On CUDA the
+    uint8 pixels are staged in pinned memory and copied once (a quarter of the bytes of
+    float32); the tiling, the channel-first layout and ``x * 2/255 - 1`` then run on the
+    GPU. Elsewhere the same arithmetic runs on the CPU in one strided pass per view. The
+    result equals the float32 reference (:attr:`PreparedImage.global_view` /
+    :attr:`PreparedImage.tiles`) cast to ``dtype``.
+
+    Args:
+        images: The pages of the batch (at least one).
+        device: The torch device of the model.
+        dtype: The model's floating dtype (float32 when ``None``).
+
+    Returns:
+        The batch's :class:`PixelBatch`.
+    """
+    import torch
+
+    if not images:
+        raise ValueError("pixel_batch needs at least one page")
+    device = torch.device(device)
+    dtype = dtype or torch.float32
+    side = images[0].global_pixels.shape[0]
+    if any(p.global_pixels.shape != (side, side, 3) for p in images):
+        raise ValueError("the pages of a batch must share the global-view size")
+    tiled = [p for p in images if p.tile_pixels is not None and p.grid is not None]
+    tile = tiled[0].spec.image_size if tiled else 0
+    if any(p.spec.image_size != tile for p in tiled):
+        raise ValueError("the tiled pages of a batch must share the tile size")
+    total_tiles = sum(p.num_tiles for p in tiled)
+    if device.type == "cpu":
+        glob = torch.empty((len(images), 3, side, side), dtype=torch.float32)
+        glob_np = glob.numpy()
+        for row, page in enumerate(images):
+            glob_np[row] = page.global_pixels.transpose(2, 0, 1)
+        local = None
+        if tiled:
+            local = torch.empty((total_tiles, 3, tile, tile), dtype=torch.float32)
+            local_np = local.numpy()
+            start = 0
+            for page in tiled:
+                cols, rows = page.grid  # type: ignore[misc]
+                part = local_np[start : start + cols * rows]
+                _grid_view(part, cols, rows)[...] = _tile_view(page.tile_pixels, cols, rows, tile)  # type: ignore[arg-type]
+                start += cols * rows
+        out = [glob] if local is None else [glob, local]
+        for tensor in out:
+            tensor.mul_(_SCALE).sub_(1.0)
+        if dtype != torch.float32:
+            out = [t.to(dtype) for t in out]
+    else:
+        out = _device_views(
+            torch,
+            images,
+            tiled,
+            side=side,
+            tile=tile,
+            total_tiles=total_tiles,
+            device=device,
+            dtype=dtype,
+        )
+    return PixelBatch(
+        pixel_values=out[0],
+        pixel_values_local=out[1] if tiled else None,
+        num_local_patches=[p.num_tiles for p in images],
+        patches_grid=[list(p.grid or (1, 1)) for p in images],
+    )
+
+
+def _device_views(
+    torch: Any,
+    images: Sequence[PreparedImage],
+    tiled: Sequence[PreparedImage],
+    *,
+    side: int,
+    tile: int,
+    total_tiles: int,
+    device: Any,
+    dtype: Any,
+) -> list[Any]:
+    """uint8 to the device in one staged copy, then layout and normalisation there."""
+    pin = device.type == "cuda"
+    tile_bytes = sum(p.tile_pixels.size for p in tiled)  # type: ignore[union-attr]
+    glob_bytes = len(images) * side * side * 3
+    staging = torch.empty(glob_bytes + tile_bytes, dtype=torch.uint8, pin_memory=pin)
+    flat = staging.numpy()
+    offset = 0
+    for page in images:
+        flat[offset : offset + page.global_pixels.size] = page.global_pixels.reshape(-1)
+        offset += page.global_pixels.size
+    for page in tiled:
+        size = page.tile_pixels.size  # type: ignore[union-attr]
+        flat[offset : offset + size] = page.tile_pixels.reshape(-1)  # type: ignore[union-attr]
+        offset += size
+    on_device = staging.to(device, non_blocking=pin)
+    glob = torch.empty((len(images), 3, side, side), dtype=torch.float32, device=device)
+    glob.copy_(on_device[:glob_bytes].view(len(images), side, side, 3).permute(0, 3, 1, 2))
+    out = [glob]
+    if tiled:
+        local = torch.empty((total_tiles, 3, tile, tile), dtype=torch.float32, device=device)
+        offset, start = glob_bytes, 0
+        for page in tiled:
+            cols, rows = page.grid  # type: ignore[misc]
+            size = page.tile_pixels.size  # type: ignore[union-attr]
+            src = on_device[offset : offset + size].view(rows, tile, cols, tile, 3)
+            dst = local[start : start + cols * rows].view(rows, cols, 3, tile, tile)
+            dst.copy_(src.permute(0, 2, 4, 1, 3))
+            offset += size
+            start += cols * rows
+        out.append(local)
+    for tensor in out:
+        tensor.mul_(_SCALE).sub_(1.0)
+    if dtype != torch.float32:
+        out = [t.to(dtype) for t in out]
+    return out
+
+
+_DONE = object()
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def read_ahead(items: Iterable[T], ahead: int) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, at most ``ahead`` items in advance.
+
+    The producer (e.g. PDF page rendering, request building, an engine's ``prefetch``) runs
+    while the consumer works on earlier items; at most ``ahead`` produced items wait in
+    between, so memory stays bounded however long the input is. Items come out in order;
+    an exception raised by the producer is raised by the consumer at its place. Closing the
+    returned generator (or dropping it) stops the producer and closes ``items`` in the
+    producer's thread.
+
+    Args:
+        items: Any iterable; it is iterated (and closed) in the background thread only.
+        ahead: How many items may be produced before they are consumed (>= 1).
+
+    Returns:
+        An iterator over the same items.
+    """
+    if ahead < 1:
+        raise ValueError("ahead must be at least 1")
+    slots: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put(item):
+                    break
+        except BaseException as exc:
+            put(_Raised(exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                # closing is best effort; the consumer has had everything it needs
+                with contextlib.suppress(Exception):
+                    close()
+            put(_DONE)
+
+    def consume() -> Iterator[T]:
+        # the thread starts with the first next(): an iterator never used costs nothing
+        thread = threading.Thread(target=produce, name="deepseek-ocr-read-ahead", daemon=True)
+        thread.start()
+        try:
+            while True:
+                value = slots.get()
+                if value is _DONE:
+                    return
+                if isinstance(value, _Raised):
+                    raise value.exc
+                yield value
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    slots.get_nowait()
+                except queue.Empty:
+                    thread.join(0.05)
+
+    return consume()

@@ -1,28 +1,73 @@
-"""The local engine: DeepSeek-OCR on Hugging Face transformers (GPU, Apple MPS or CPU)."""
+"""The local engine: DeepSeek-OCR on Hugging Face transformers (GPU, Apple MPS or CPU).
+
+How a ``generate`` call runs, so that the model never waits for the CPU:
+
+1. *Plan* (cheap, no pixels): per request the resolution mode, the tile grid, the prompt's
+   token ids (the ``<image>`` placeholders counted from the page size alone), the token
+   limit and the n-gram guard.
+2. *Batch*: pages are grouped by global-view size (the only thing that cannot differ inside
+   one ``generate`` call; token limits and guards can, per row), sorted by vision tokens
+   and prompt length so a batch holds pages of similar length (little left padding), and
+   cut into full batches of ``batch_size``.
+3. *Stage* in a worker thread, one batch ahead: the pages' pixels (``prepare_image``, in a
+   small thread pool; PIL releases the GIL) and their upload to the device
+   (``pixel_batch``: uint8 over the bus, normalised there; a side CUDA stream on GPUs).
+   While batch ``k`` generates, batch ``k+1`` is being staged; at most two batches of
+   pixels exist at once.
+4. *Generate*: a batch with more than ``vision_batch`` views (global views + tiles) runs the
+   vision tower in page-aligned micro-batches -- SAM materialises a ``heads x (HW)^2``
+   attention bias per view, which made large batches slower than one page at a time on
+   CPU -- and hands the features to ``generate`` as ``mm_encoder_outputs``; smaller
+   batches pass their pixels as usual. Decoding is greedy, with per-row token limits and
+   n-gram guards.
+
+:meth:`TransformersEngine.prefetch` starts step 3's CPU part for requests a caller will
+hand over next (the facade does this for the next chunk of a document).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from langchain_deepseek_ocr._checkpoint import DEFAULT_MODEL, LoadedModel, load_model
+from langchain_deepseek_ocr._checkpoint import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    SpecialTokens,
+    load_model,
+)
 from langchain_deepseek_ocr._engine import EngineOutput, EngineResult, OCRRequest, TokenCallback
 from langchain_deepseek_ocr._errors import (
     ConfigurationError,
     DeepSeekOCRError,
     EngineTimeoutError,
     GenerationError,
+    ModelLoadError,
 )
 from langchain_deepseek_ocr._ngram import NGramGuard, banned_tokens
+from langchain_deepseek_ocr._parse import BOS as BOS_TEXT
+from langchain_deepseek_ocr._parse import EOS as EOS_TEXT
+from langchain_deepseek_ocr._parse import PAD as PAD_TEXT
 from langchain_deepseek_ocr._parse import strip_special
-from langchain_deepseek_ocr._preprocess import PreparedImage, prepare_image
+from langchain_deepseek_ocr._preprocess import (
+    PixelBatch,
+    PreparedImage,
+    count_image_tokens,
+    global_side,
+    pixel_batch,
+    prepare_image,
+)
 from langchain_deepseek_ocr._tasks import (
     IMAGE_TOKEN,
     ModelFamily,
@@ -36,6 +81,32 @@ from langchain_deepseek_ocr._tasks import (
 __all__ = ["TransformersEngine"]
 
 _DEFAULT_GUARD = NGramGuard()
+
+_ENGINE_GENERATE_KEYS = frozenset(
+    {
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "pixel_values_local",
+        "num_local_patches",
+        "patches_grid",
+        "mm_encoder_outputs",
+        "max_new_tokens",
+        "logits_processor",
+        "stopping_criteria",
+        "streamer",
+        "eos_token_id",
+        "pad_token_id",
+        "bos_token_id",
+        "use_cache",
+        "do_sample",
+    }
+)
+"""``generate`` arguments the engine sets itself (``generate_kwargs`` may not override them)."""
+
+_PREFETCH_BATCHES = 2
+"""Prefetched pages wait for their ``generate`` call, at most this many batches' worth
+(oldest dropped first): a caller prefetches one chunk ahead, never a whole document."""
 
 
 def _pick_device(device: str | None) -> str:
@@ -67,14 +138,27 @@ def _pick_dtype(dtype: Any, device: str) -> Any:
     return dtype
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
+    """One request, planned: everything but the pixels."""
+
     index: int
     request: OCRRequest
-    prepared: PreparedImage
+    spec: ResolutionSpec
+    num_image_tokens: int
     ids: list[int]
     max_new: int
     guard: NGramGuard | None
+    prepared: PreparedImage | None = None
+
+
+@dataclass(eq=False)
+class _Staged:
+    """A batch whose pixels are on the device (or the pages that failed to prepare)."""
+
+    items: list[_Item]
+    failed: list[tuple[_Item, DeepSeekOCRError]] = field(default_factory=list)
+    pixels: PixelBatch | None = None
 
 
 class _Control:
@@ -97,8 +181,9 @@ class TransformersEngine:
     """DeepSeek-OCR v1 or v2 running locally through transformers -- no remote code.
 
     The checkpoint is loaded on first use (or by :meth:`load`). Requests are grouped into
-    batches of pages that share a resolution, left-padded, and decoded greedily with
-    DeepSeek's windowed no-repeat n-gram guard.
+    batches of pages that share a global-view size, sorted by length, left-padded, and
+    decoded greedily with DeepSeek's windowed no-repeat n-gram guard. Page preprocessing
+    runs one batch ahead in worker threads, so the model does not wait for it.
 
     Setup:
         .. code-block:: bash
@@ -137,6 +222,13 @@ class TransformersEngine:
         max_tiles: Most tiles in gundam mode (v1 up to 9; upstream vLLM uses 6).
         attn_implementation: ``sdpa`` (default) or ``eager``.
         timeout: Seconds one ``generate`` batch may run before it is stopped (``None``: no limit).
+        preprocess_workers: Threads that prepare pages (resize, pad) ahead of the model;
+            ``0`` prepares them inline, one batch at a time, with no threads.
+        vision_batch: Most views (global views + tiles) per vision-encoder call; pages are
+            never split across calls. ``None``: 64 on CUDA, 8 elsewhere.
+        generate_kwargs: Extra keyword arguments for transformers' ``generate`` (e.g.
+            ``{"min_new_tokens": 1000}`` for benchmarks); the ones the engine sets itself
+            (inputs, limits, processors, special ids) cannot be overridden.
     """
 
     def __init__(
@@ -152,11 +244,24 @@ class TransformersEngine:
         max_tiles: int = 6,
         attn_implementation: str | None = None,
         timeout: float | None = None,
+        preprocess_workers: int = 2,
+        vision_batch: int | None = None,
+        generate_kwargs: Mapping[str, Any] | None = None,
     ):
         if batch_size < 1:
             raise ConfigurationError("batch_size must be at least 1")
         if max_new_tokens < 1:
             raise ConfigurationError("max_new_tokens must be at least 1")
+        if preprocess_workers < 0:
+            raise ConfigurationError("preprocess_workers must be 0 or more")
+        if vision_batch is not None and vision_batch < 1:
+            raise ConfigurationError("vision_batch must be at least 1")
+        clash = sorted(set(generate_kwargs or ()) & _ENGINE_GENERATE_KEYS)
+        if clash:
+            raise ConfigurationError(
+                f"generate_kwargs may not set {clash}: the engine sets them itself "
+                "(use max_new_tokens=, ngram_guard=, timeout= instead)"
+            )
         self._model_id = os.fspath(model)
         self._device_arg = device
         self._dtype_arg = dtype
@@ -167,13 +272,58 @@ class TransformersEngine:
         self.max_tiles = max_tiles
         self.attn_implementation = attn_implementation
         self.timeout = timeout
+        self.preprocess_workers = preprocess_workers
+        self.vision_batch = vision_batch
+        self.generate_kwargs: dict[str, Any] = dict(generate_kwargs or {})
         self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._cancel = threading.Event()
+        self._pool_lock = threading.Lock()
+        self._workers: ThreadPoolExecutor | None = None
+        self._stager: ThreadPoolExecutor | None = None
+        self._copy_stream: Any = None
+        self._prefetched: OrderedDict[int, tuple[OCRRequest, Future[PreparedImage]]] = OrderedDict()
 
     supports_ngram_guard = True
     """This engine applies the n-gram guard (per request too)."""
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str = "in-memory",
+        **options: Any,
+    ) -> TransformersEngine:
+        """An engine around a model already built in memory (benchmarks, custom loading).
+
+        The model is used as it is, on its device and in its dtype: nothing is read from
+        disk. It must be one of the classes :func:`~langchain_deepseek_ocr._checkpoint.load_model`
+        builds (``UnlimitedOcrForConditionalGeneration`` for v1,
+        ``DeepseekOcr2ForConditionalGeneration`` for v2).
+
+        Args:
+            model: The transformers model.
+            tokenizer: Its ``tokenizers.Tokenizer`` (with ``<image>`` and the BOS/EOS/pad
+                tokens; the ``<image>`` id must be the config's ``image_token_id``).
+            name: The model name results report.
+            **options: Other :class:`TransformersEngine` options (``batch_size``...);
+                ``device`` and ``dtype`` are taken from the model.
+
+        Raises:
+            ModelLoadError: the model or tokenizer is not a DeepSeek-OCR pair.
+        """
+        for key in ("device", "dtype", "model"):
+            if key in options:
+                raise ConfigurationError(f"from_model takes {key} from the model; drop {key}=")
+        loaded = _wrap_model(model, tokenizer, name)
+        engine = cls(name, device=str(loaded.model.device), dtype=loaded.model.dtype, **options)
+        if engine._resolution is not None:
+            engine._spec_for(engine._resolution, loaded.family)  # validate early
+        engine._loaded = loaded
+        return engine
 
     # -- loading -------------------------------------------------------------------------
 
@@ -208,6 +358,16 @@ class TransformersEngine:
                         self._spec_for(self._resolution, loaded.family)  # validate early
                     self._loaded = loaded
         return self._loaded
+
+    def close(self) -> None:
+        """Stop the preprocessing threads (they start again on the next call)."""
+        with self._pool_lock:
+            pools = (self._workers, self._stager)
+            self._workers = self._stager = None
+            self._prefetched.clear()
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     # -- the Protocol --------------------------------------------------------------------
 
@@ -244,6 +404,37 @@ class TransformersEngine:
             family, resolution or self.default_resolution, max_tiles=self.max_tiles
         )
 
+    def prefetch(self, requests: Sequence[OCRRequest]) -> None:
+        """Start preparing these pages now, in the background, for a later :meth:`generate`.
+
+        A caller that knows what comes next (the next chunk of a document) calls this before
+        it blocks on the current call; when ``generate`` later receives the *same request
+        objects*, their pixels are ready. Requests that cannot be planned are skipped here
+        (``generate`` reports their errors). At most two batches of prepared pages wait;
+        older ones are dropped (and prepared again if they come).
+        """
+        if self.preprocess_workers < 1 or not requests:
+            return
+        try:
+            loaded = self._ensure_loaded()
+        except DeepSeekOCRError:
+            return  # generate() reports it
+        pool = self._worker_pool()
+        with self._pool_lock:
+            for request in requests:
+                key = id(request)
+                if key in self._prefetched:
+                    continue
+                try:
+                    spec = self._spec_for(request.resolution, loaded.family)
+                except DeepSeekOCRError:
+                    continue
+                future = pool.submit(prepare_image, request.image, spec)
+                self._prefetched[key] = (request, future)
+                while len(self._prefetched) > max(8, _PREFETCH_BATCHES * self.batch_size):
+                    _key, (_req, old) = self._prefetched.popitem(last=False)
+                    old.cancel()
+
     def generate(
         self,
         requests: Sequence[OCRRequest],
@@ -264,7 +455,7 @@ class TransformersEngine:
         items: list[_Item] = []
         for index, request in enumerate(requests):
             try:
-                items.append(self._prepare(index, request, loaded))
+                items.append(self._plan(index, request, loaded))
             except DeepSeekOCRError as exc:
                 results[index] = exc
             except Exception as exc:
@@ -275,11 +466,12 @@ class TransformersEngine:
                 )
         with self._run_lock:
             self._cancel.clear()
-            for batch in self._batches(items):
-                for item, result in zip(
-                    batch, self._run_batch(batch, loaded, on_token), strict=True
-                ):
+            for batch, staged in self._pipeline(list(self._batches(items)), loaded):
+                outputs = self._run_staged(batch, staged, loaded, on_token)
+                del staged  # the batch's device pixels go now, not with the next batch
+                for item, result in zip(batch, outputs, strict=True):
                     results[item.index] = result
+                    item.prepared = None  # the page's pixels are no longer needed
         return [r for r in results if r is not None]
 
     async def agenerate(
@@ -353,17 +545,24 @@ class TransformersEngine:
         if isinstance(result, DeepSeekOCRError):
             raise result
 
-    # -- internals -----------------------------------------------------------------------
+    # -- planning and batching -----------------------------------------------------------
 
-    def _prepare(self, index: int, request: OCRRequest, loaded: LoadedModel) -> _Item:
+    def _plan(self, index: int, request: OCRRequest, loaded: LoadedModel) -> _Item:
         spec = self._spec_for(request.resolution, loaded.family)
-        prepared = prepare_image(request.image, spec)
+        width, height = request.image.size
+        if width < 1 or height < 1:
+            raise ConfigurationError(
+                f"the page is empty ({width}x{height} pixels)",
+                source=request.source,
+                page=request.page,
+            )
+        num_image_tokens = count_image_tokens(width, height, spec)
         tok = loaded.tokenizer
         text = f"{IMAGE_TOKEN}\n{request.prompt}"
         before, after = text.split(IMAGE_TOKEN, 1)
         ids = [loaded.special.bos]
         ids += tok.encode(before, add_special_tokens=False).ids
-        ids += [loaded.special.image] * prepared.num_image_tokens
+        ids += [loaded.special.image] * num_image_tokens
         ids += tok.encode(after, add_special_tokens=False).ids
         room = loaded.max_positions - len(ids)
         if room < 1:
@@ -380,52 +579,243 @@ class TransformersEngine:
             guard = self.ngram_guard
         else:
             guard = request.ngram_guard
-        return _Item(index, request, prepared, ids, max_new, guard)
+        return _Item(index, request, spec, num_image_tokens, ids, max_new, guard)
 
     def _batches(self, items: list[_Item]) -> Iterator[list[_Item]]:
-        """Group pages that can share one ``generate`` call, longest prompts together."""
-        groups: dict[tuple[Any, ...], list[_Item]] = {}
+        """Full batches of pages that can share one ``generate`` call, similar lengths together.
+
+        Only the global-view size must be shared (one ``pixel_values`` tensor); token limits
+        and n-gram guards are applied per row, so they do not split batches. Inside a group,
+        pages are sorted by vision tokens (the vision cost and most of the prompt), then
+        prompt length, then token limit -- longest first -- and cut into ``batch_size``
+        runs: every batch is full but the last of its group, and neighbours in a batch need
+        little left padding.
+        """
+        groups: dict[int, list[_Item]] = {}
         for item in items:
-            key = (item.prepared.spec, item.max_new, item.guard)
-            groups.setdefault(key, []).append(item)
+            groups.setdefault(global_side(item.spec), []).append(item)
         for group in groups.values():
-            group.sort(key=lambda it: len(it.ids), reverse=True)
+            group.sort(key=lambda it: (it.num_image_tokens, len(it.ids), it.max_new), reverse=True)
             for start in range(0, len(group), self.batch_size):
                 yield group[start : start + self.batch_size]
 
-    def _run_batch(
-        self, batch: list[_Item], loaded: LoadedModel, on_token: TokenCallback | None
+    # -- staging: pixels prepared and uploaded one batch ahead -----------------------------
+
+    def _worker_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._workers is None:
+                self._workers = ThreadPoolExecutor(
+                    max_workers=max(1, self.preprocess_workers),
+                    thread_name_prefix="deepseek-ocr-prepare",
+                )
+            return self._workers
+
+    def _stager_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._stager is None:
+                self._stager = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="deepseek-ocr-stage"
+                )
+            return self._stager
+
+    def _take_prefetched(self, item: _Item) -> Future[PreparedImage] | None:
+        with self._pool_lock:
+            entry = self._prefetched.pop(id(item.request), None)
+        if entry is None or entry[0] is not item.request:
+            return None
+        return entry[1]
+
+    def _pipeline(
+        self, batches: list[list[_Item]], loaded: LoadedModel
+    ) -> Iterator[tuple[list[_Item], _Staged | BaseException]]:
+        """Yield each batch with its staged pixels, staging the next one meanwhile."""
+        if self.preprocess_workers < 1:
+            for batch in batches:
+                try:
+                    yield batch, self._stage(batch, loaded)
+                except Exception as exc:
+                    yield batch, exc
+            return
+        stager = self._stager_pool()
+        pending: deque[tuple[list[_Item], Future[_Staged]]] = deque()
+        upcoming = iter(batches)
+
+        def submit_next() -> None:
+            batch = next(upcoming, None)
+            if batch is not None:
+                pending.append((batch, stager.submit(self._stage, batch, loaded)))
+
+        submit_next()
+        try:
+            while pending:
+                batch, future = pending.popleft()
+                staged: _Staged | BaseException
+                try:
+                    staged = future.result()
+                except Exception as exc:
+                    staged = exc
+                del future
+                submit_next()  # stage batch k+1 while batch k generates
+                yield batch, staged
+                del staged  # hold no pixels while waiting for the next batch
+        finally:
+            for _batch, future in pending:
+                future.cancel()
+
+    def _stage(self, batch: list[_Item], loaded: LoadedModel) -> _Staged:
+        """Prepare the pages of a batch (in parallel) and put their pixels on the device."""
+        futures: list[Future[PreparedImage] | None] = [self._take_prefetched(it) for it in batch]
+        if self.preprocess_workers > 1 and sum(f is None for f in futures) > 1:
+            pool = self._worker_pool()  # one page per thread
+            futures = [
+                fut if fut is not None else pool.submit(prepare_image, it.request.image, it.spec)
+                for it, fut in zip(batch, futures, strict=True)
+            ]
+        staged = _Staged(items=[])
+        for item, future in zip(batch, futures, strict=True):
+            try:
+                if future is None:
+                    item.prepared = prepare_image(item.request.image, item.spec)
+                else:
+                    item.prepared = future.result()
+                if item.prepared.num_image_tokens != item.num_image_tokens:
+                    raise RuntimeError("the prepared page changed size")
+            except Exception as exc:
+                staged.failed.append(
+                    (
+                        item,
+                        GenerationError(
+                            f"cannot prepare the page: {type(exc).__name__}: {exc}",
+                            source=item.request.source,
+                            page=item.request.page,
+                        ),
+                    )
+                )
+            else:
+                staged.items.append(item)
+        if staged.items:
+            staged.pixels = self._upload(staged.items, loaded)
+        return staged
+
+    def _upload(self, items: list[_Item], loaded: LoadedModel) -> PixelBatch:
+        import torch
+
+        net = loaded.model
+        device = torch.device(net.device)
+        prepared = [it.prepared for it in items if it.prepared is not None]
+        if device.type != "cuda":
+            return pixel_batch(prepared, device=device, dtype=net.dtype)
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(device=device)
+        with torch.cuda.stream(self._copy_stream):
+            pixels = pixel_batch(prepared, device=device, dtype=net.dtype)
+        self._copy_stream.synchronize()  # this (staging) thread waits, the model does not
+        return pixels
+
+    # -- generation ----------------------------------------------------------------------
+
+    def _run_staged(
+        self,
+        batch: list[_Item],
+        staged: _Staged | BaseException,
+        loaded: LoadedModel,
+        on_token: TokenCallback | None,
+    ) -> list[EngineResult]:
+        """Results for ``batch`` (in its order) from its staged pixels."""
+        if isinstance(staged, BaseException):
+            if len(batch) > 1:  # e.g. out of memory while uploading: page by page
+                _free_memory()
+                return [r for item in batch for r in self._run_one(item, loaded, on_token)]
+            return [_generation_error(batch[0], staged)]
+        by_item: dict[int, EngineResult] = {id(it): err for it, err in staged.failed}
+        if staged.items:
+            outputs = self._run_batch(staged, loaded, on_token)
+            for item, output in zip(staged.items, outputs, strict=True):
+                by_item[id(item)] = output
+        return [by_item[id(item)] for item in batch]
+
+    def _run_one(
+        self, item: _Item, loaded: LoadedModel, on_token: TokenCallback | None
     ) -> list[EngineResult]:
         try:
-            return self._generate_batch(batch, loaded, on_token)
+            staged = self._stage([item], loaded)
+        except Exception as exc:
+            return [_generation_error(item, exc)]
+        return self._run_staged([item], staged, loaded, on_token)
+
+    def _run_batch(
+        self, staged: _Staged, loaded: LoadedModel, on_token: TokenCallback | None
+    ) -> list[EngineResult]:
+        batch = staged.items
+        if self._cancel.is_set():  # cancelled before this batch began: do not start it
+            return [self._stopped_error(item) for item in batch]
+        try:
+            return self._generate_batch(batch, staged.pixels, loaded, on_token)
         except DeepSeekOCRError as exc:
             return [exc] * len(batch)
         except Exception as exc:
             if len(batch) > 1:
                 # One page (or the batch's memory) failed: retry the pages on their own.
+                staged.pixels = None
                 _free_memory()
-                out: list[EngineResult] = []
-                for item in batch:
-                    out.extend(self._run_batch([item], loaded, on_token))
-                return out
-            item = batch[0]
-            return [
-                GenerationError(
-                    f"generation failed: {type(exc).__name__}: {exc}",
-                    source=item.request.source,
-                    page=item.request.page,
-                )
-            ]
+                return [r for item in batch for r in self._run_one(item, loaded, on_token)]
+            return [_generation_error(batch[0], exc)]
+
+    def _stopped_error(self, item: _Item) -> EngineTimeoutError:
+        return EngineTimeoutError(
+            "generation was cancelled"
+            if self._cancel.is_set()
+            else f"generation ran past the time limit ({self.timeout} s)",
+            source=item.request.source,
+            page=item.request.page,
+        )
+
+    def _vision_budget(self, device: Any) -> int:
+        if self.vision_batch is not None:
+            return self.vision_batch
+        return 64 if str(device).startswith("cuda") else 8
+
+    def _image_features(self, net: Any, pixels: PixelBatch, family: ModelFamily) -> list[Any]:
+        """Run the vision tower page-aligned, at most ``vision_batch`` views per call."""
+        budget = self._vision_budget(net.device)
+        counts = pixels.num_local_patches
+        features: list[Any] = []
+        start = tile_start = 0
+        while start < len(counts):
+            end, views, tiles = start, 0, 0
+            while end < len(counts) and (end == start or views + 1 + counts[end] <= budget):
+                views += 1 + counts[end]
+                tiles += counts[end]
+                end += 1
+            kwargs: dict[str, Any] = {
+                "pixel_values": pixels.pixel_values[start:end],
+                "num_local_patches": counts[start:end],
+                "return_dict": True,
+            }
+            if tiles and pixels.pixel_values_local is not None:
+                kwargs["pixel_values_local"] = pixels.pixel_values_local[
+                    tile_start : tile_start + tiles
+                ]
+            if family is ModelFamily.V1:
+                kwargs["patches_grid"] = pixels.patches_grid[start:end]
+            features.extend(net.get_image_features(**kwargs).pooler_output)
+            start, tile_start = end, tile_start + tiles
+        return features
 
     def _generate_batch(
-        self, batch: list[_Item], loaded: LoadedModel, on_token: TokenCallback | None
+        self,
+        batch: list[_Item],
+        pixels: PixelBatch | None,
+        loaded: LoadedModel,
+        on_token: TokenCallback | None,
     ) -> list[EngineResult]:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        if pixels is None:
+            raise GenerationError("the batch has no pixels")
         net = loaded.model
         device = net.device
-        dtype = net.dtype
         special = loaded.special
         width = max(len(item.ids) for item in batch)
         input_ids = torch.full((len(batch), width), special.pad, dtype=torch.long)
@@ -434,42 +824,52 @@ class TransformersEngine:
             n = len(item.ids)
             input_ids[row, width - n :] = torch.tensor(item.ids, dtype=torch.long)
             attention[row, width - n :] = 1
-        pixel_values = torch.from_numpy(_stack([item.prepared.global_view for item in batch])).to(
-            device=device, dtype=dtype
-        )
-        tiles = [item.prepared.tiles for item in batch if item.prepared.tiles is not None]
+        if device.type == "cuda":
+            current = torch.cuda.current_stream(device)
+            for tensor in pixels.tensors():  # made on the staging stream, used on this one
+                tensor.record_stream(current)
         kwargs: dict[str, Any] = {
             "input_ids": input_ids.to(device),
             "attention_mask": attention.to(device),
-            "pixel_values": pixel_values,
-            "num_local_patches": [item.prepared.num_tiles for item in batch],
         }
-        if tiles:
-            kwargs["pixel_values_local"] = torch.from_numpy(_concat(tiles)).to(
-                device=device, dtype=dtype
-            )
-        if loaded.family is ModelFamily.V1:
-            kwargs["patches_grid"] = [list(item.prepared.grid or (1, 1)) for item in batch]
 
-        guard = batch[0].guard
+        guards = [item.guard for item in batch]
         processors = LogitsProcessorList()
-        if guard is not None:
-            whitelist = frozenset(
-                tid for t in guard.whitelist if (tid := loaded.tokenizer.token_to_id(t)) is not None
-            )
-            processors.append(_NGramProcessor(guard, width, whitelist))
+        if any(g is not None for g in guards):
+            processors.append(_NGramProcessor(guards, width, loaded.tokenizer))
         deadline = time.monotonic() + self.timeout if self.timeout else None
         control = _Control(deadline, self._cancel)
-        streamer = _Streamer(loaded.tokenizer, [it.index for it in batch], on_token, special)
-        max_new = batch[0].max_new
+        limits = [item.max_new for item in batch]
+        criteria = StoppingCriteriaList([_StopCriterion(control)])
+        if len(set(limits)) > 1:
+            criteria.append(_RowLimits(width, limits, device))
+        streamer = _Streamer(
+            loaded.tokenizer, [it.index for it in batch], on_token, special, limits
+        )
         start = time.perf_counter()
+        views = len(batch) + sum(pixels.num_local_patches)
         with torch.inference_mode():
+            if views > self._vision_budget(device) and _takes_encoder_outputs(net):
+                from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+                features = self._image_features(net, pixels, loaded.family)
+                kwargs["mm_encoder_outputs"] = {
+                    "image": BaseModelOutputWithPooling(pooler_output=features)
+                }
+            else:  # few views (or an older transformers): the vision tower in one call
+                kwargs["pixel_values"] = pixels.pixel_values
+                kwargs["num_local_patches"] = pixels.num_local_patches
+                if pixels.pixel_values_local is not None:
+                    kwargs["pixel_values_local"] = pixels.pixel_values_local
+                if loaded.family is ModelFamily.V1:
+                    kwargs["patches_grid"] = pixels.patches_grid
             out = net.generate(
                 **kwargs,
+                **self.generate_kwargs,
                 do_sample=False,
-                max_new_tokens=max_new,
+                max_new_tokens=max(limits),
                 logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([_StopCriterion(control)]),
+                stopping_criteria=criteria,
                 eos_token_id=special.eos,
                 pad_token_id=special.pad,
                 bos_token_id=special.bos,
@@ -481,16 +881,9 @@ class TransformersEngine:
         results: list[EngineResult] = []
         for item, row in zip(batch, generated, strict=True):
             if control.stopped:
-                results.append(
-                    EngineTimeoutError(
-                        "generation was cancelled"
-                        if self._cancel.is_set()
-                        else f"generation ran past the time limit ({self.timeout} s)",
-                        source=item.request.source,
-                        page=item.request.page,
-                    )
-                )
+                results.append(self._stopped_error(item))
                 continue
+            row = row[: item.max_new]
             if special.eos in row:
                 cut = row.index(special.eos)
                 tokens, finish, count = row[:cut], "stop", cut + 1
@@ -501,11 +894,11 @@ class TransformersEngine:
                 EngineOutput(
                     raw=raw,
                     finish_reason=finish,  # type: ignore[arg-type]
-                    vision_tokens=item.prepared.num_image_tokens,
+                    vision_tokens=item.num_image_tokens,
                     prompt_tokens=len(item.ids),
                     output_tokens=count,
                     seconds=seconds,
-                    resolution=item.prepared.spec.name.value,
+                    resolution=item.spec.name.value,
                     model=self._model_id,
                     token_ids=tokens,
                 )
@@ -513,16 +906,77 @@ class TransformersEngine:
         return results
 
 
-def _stack(arrays: list[Any]) -> Any:
-    import numpy as np
+def _generation_error(item: _Item, exc: BaseException) -> DeepSeekOCRError:
+    if isinstance(exc, DeepSeekOCRError):
+        return exc
+    return GenerationError(
+        f"generation failed: {type(exc).__name__}: {exc}",
+        source=item.request.source,
+        page=item.request.page,
+    )
 
-    return np.stack(arrays)
+
+def _takes_encoder_outputs(net: Any) -> bool:
+    """Whether ``generate`` accepts pre-computed image features (transformers >= 5.2x)."""
+    try:
+        return "mm_encoder_outputs" in inspect.signature(net.forward).parameters and hasattr(
+            net, "get_image_features"
+        )
+    except (TypeError, ValueError):
+        return False
 
 
-def _concat(arrays: list[Any]) -> Any:
-    import numpy as np
+def _wrap_model(model: Any, tokenizer: Any, name: str) -> LoadedModel:
+    """A :class:`LoadedModel` around an in-memory model and its ``tokenizers.Tokenizer``."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type == "unlimited_ocr":
+        family = ModelFamily.V1
+    elif model_type == "deepseek_ocr2":
+        family = ModelFamily.V2
+    else:
+        raise ModelLoadError(
+            f"not a DeepSeek-OCR model (model_type={model_type!r}); expected unlimited_ocr (v1) "
+            "or deepseek_ocr2 (v2)",
+            source=name,
+        )
+    for method in ("encode", "decode", "token_to_id"):
+        if not callable(getattr(tokenizer, method, None)):
+            raise ModelLoadError(f"the tokenizer lacks {method}(); pass a tokenizers.Tokenizer")
+    text_cfg = config.text_config
+    image = tokenizer.token_to_id(IMAGE_TOKEN)
+    if image is None or int(image) != int(config.image_token_id):
+        raise ModelLoadError(
+            f"the tokenizer's <image> id ({image}) is not the config's image_token_id "
+            f"({config.image_token_id})",
+            source=name,
+        )
 
-    return np.concatenate(arrays, axis=0)
+    def pick(text: str, key: str, default: int) -> int:
+        tid = tokenizer.token_to_id(text)
+        if tid is not None:
+            return int(tid)
+        value = getattr(text_cfg, key, None)
+        return int(value) if isinstance(value, int) else default
+
+    eos = pick(EOS_TEXT, "eos_token_id", 1)
+    special = SpecialTokens(
+        bos=pick(BOS_TEXT, "bos_token_id", 0),
+        eos=eos,
+        pad=pick(PAD_TEXT, "pad_token_id", eos),
+        image=int(image),
+    )
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        family=family,
+        name=name,
+        folder=Path(),
+        special=special,
+        max_positions=int(getattr(text_cfg, "max_position_embeddings", 8192)),
+    )
 
 
 def _free_memory() -> None:
@@ -553,22 +1007,34 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 class _NGramProcessor:
-    """transformers logits processor around :func:`banned_tokens`, on generated ids only."""
+    """transformers logits processor around :func:`banned_tokens`, per row, generated ids only.
 
-    def __init__(self, guard: NGramGuard, prompt_width: int, whitelist: frozenset[int]):
-        self.guard = guard
+    Each row has its own guard (or none): a retry with a tightened guard can share a batch
+    with pages that use the default one.
+    """
+
+    def __init__(self, guards: Sequence[NGramGuard | None], prompt_width: int, tokenizer: Any):
         self.prompt_width = prompt_width
-        self.whitelist = whitelist
+        self.rows: list[tuple[int, NGramGuard, frozenset[int]]] = []
+        whitelists: dict[tuple[str, ...], frozenset[int]] = {}
+        for row, guard in enumerate(guards):
+            if guard is None:
+                continue
+            if guard.whitelist not in whitelists:
+                whitelists[guard.whitelist] = frozenset(
+                    tid for t in guard.whitelist if (tid := tokenizer.token_to_id(t)) is not None
+                )
+            self.rows.append((row, guard, whitelists[guard.whitelist]))
+        self.smallest = min((g.ngram_size for _r, g, _w in self.rows), default=0)
+        self.widest = max((g.window_size for _r, g, _w in self.rows), default=0)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         generated = input_ids.shape[1] - self.prompt_width
-        if generated < self.guard.ngram_size:
+        if not self.rows or generated < self.smallest:
             return scores
-        tail = input_ids[:, -min(generated, self.guard.window_size) :].tolist()
-        for row, ids in enumerate(tail):
-            banned = banned_tokens(
-                ids, self.guard.ngram_size, self.guard.window_size, self.whitelist
-            )
+        tail = input_ids[:, -min(generated, self.widest) :].tolist()
+        for row, guard, whitelist in self.rows:
+            banned = banned_tokens(tail[row], guard.ngram_size, guard.window_size, whitelist)
             if banned:
                 scores[row, list(banned)] = -float("inf")
         return scores
@@ -587,6 +1053,19 @@ class _StopCriterion:
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
+class _RowLimits:
+    """Finishes each row at its own token limit (the batch runs to the largest one)."""
+
+    def __init__(self, prompt_width: int, limits: Sequence[int], device: Any):
+        import torch
+
+        self.prompt_width = prompt_width
+        self.limits = torch.tensor(list(limits), dtype=torch.long, device=device)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        return (input_ids.shape[1] - self.prompt_width) >= self.limits
+
+
 class _Streamer:
     """A transformers streamer that decodes each row incrementally and reports new text."""
 
@@ -596,11 +1075,13 @@ class _Streamer:
         indices: list[int],
         on_token: TokenCallback | None,
         special: Any,
+        limits: Sequence[int],
     ):
         self.tokenizer = tokenizer
         self.indices = indices
         self.on_token = on_token
         self.special = special
+        self.limits = list(limits)
         self.ids: list[list[int]] = [[] for _ in indices]
         self.start: list[int] = [0 for _ in indices]
         self.sent: list[int] = [0 for _ in indices]
@@ -618,21 +1099,40 @@ class _Streamer:
             if self.finished[row]:
                 continue
             if token == self.special.eos:
-                self.finished[row] = True
+                self._finish(row)
                 continue
             ids = self.ids[row]
             ids.append(token)
+            if len(ids) >= self.limits[row]:  # the row's last token; padding follows
+                self._finish(row)
+                continue
             # Decode from the start of the current line only, so the cost stays per line.
             text = self.tokenizer.decode(ids[self.start[row] :], skip_special_tokens=False)
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more
                 continue
-            piece = text[self.sent[row] :]
-            self.sent[row] = len(text)
-            if text.endswith("\n"):
-                self.start[row] = len(ids)
-                self.sent[row] = 0
-            if piece:
-                self.on_token(self.indices[row], piece)
+            self._emit(row, text)
+
+    def _emit(self, row: int, text: str) -> None:
+        piece = text[self.sent[row] :]
+        self.sent[row] = len(text)
+        if text.endswith("\n"):
+            self.start[row] = len(self.ids[row])
+            self.sent[row] = 0
+        if piece and self.on_token is not None:
+            self.on_token(self.indices[row], piece)
+
+    def _finish(self, row: int) -> None:
+        """The row ends: send what was held back (an unfinished UTF-8 sequence included)."""
+        self.finished[row] = True
+        ids = self.ids[row]
+        if len(ids) > self.start[row]:
+            self._emit(
+                row, self.tokenizer.decode(ids[self.start[row] :], skip_special_tokens=False)
+            )
 
     def end(self) -> None:
-        return None
+        if self.on_token is None:
+            return
+        for row, done in enumerate(self.finished):
+            if not done:
+                self._finish(row)
