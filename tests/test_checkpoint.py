@@ -79,10 +79,13 @@ def test_family_detection():
     assert detect_family(real) is ModelFamily.V1
     assert detect_family({"model_type": "deepseek_ocr2"}) is ModelFamily.V2
     assert detect_family({"model_type": "unlimited_ocr"}) is ModelFamily.V1
-    with pytest.raises(ModelLoadError, match="deepseek-community"):
+    # DeepSeek-OCR-2 as published (deepseek-ai/DeepSeek-OCR-2) is read too
+    assert (
         detect_family(
             {"model_type": "deepseek_vl_v2", "architectures": ["DeepseekOCR2ForCausalLM"]}
         )
+        is ModelFamily.V2
+    )
     with pytest.raises(ModelLoadError, match="not a DeepSeek-OCR checkpoint"):
         detect_family({"model_type": "llama"})
 

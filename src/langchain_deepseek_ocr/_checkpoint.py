@@ -1,16 +1,23 @@
 """Finding, recognising and loading DeepSeek-OCR checkpoints -- no ``trust_remote_code``.
 
-Two layouts are read:
+Three layouts are read:
 
 * **v1 as published** (``deepseek-ai/DeepSeek-OCR``): ``model_type: deepseek_vl_v2``,
   ``architectures: [DeepseekOCRForCausalLM]``, ``language_config`` / ``vision_config`` /
   ``projector_config`` and the original weight names. The config is translated here into
   transformers' ``unlimited_ocr`` classes (the v1 architecture); transformers renames the
   weights itself on load. v1 attends fully on every decoder layer (no sliding window).
+* **v2 as published** (``deepseek-ai/DeepSeek-OCR-2``): the same ``deepseek_vl_v2`` layout
+  with ``architectures: [DeepseekOCR2ForCausalLM]``. The config is translated into a
+  ``DeepseekOcr2Config`` (the vision sizes DeepSeek's code fixes, see
+  :func:`translate_v2_config`); transformers renames the original weight names
+  (``model.sam_model.*``, ``model.qwen2_model.*``, ``model.projector.*``...) on load.
 * **v2 native** (``deepseek-community/DeepSeek-OCR-2``): ``model_type: deepseek_ocr2``,
   loaded with transformers' ``DeepseekOcr2ForConditionalGeneration``.
 
-A folder already in the ``unlimited_ocr`` layout is read as v1 too.
+A folder already in the ``unlimited_ocr`` layout is read as v1 too. Loading fails when a
+weight the model needs is missing, when the checkpoint holds a tensor the model does not
+use, or when a shape does not fit: a silently ignored weight would change the output.
 
 The tokenizer is read straight from ``tokenizer.json`` with the ``tokenizers`` library, so
 no tokenizer class mapping can change how the published vocabulary splits text.
@@ -40,6 +47,7 @@ __all__ = [
     "read_config",
     "resolve_model_path",
     "translate_v1_config",
+    "translate_v2_config",
 ]
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"
@@ -115,71 +123,31 @@ def detect_family(config: dict[str, Any]) -> ModelFamily:
         if _V1_ARCH in archs:
             return ModelFamily.V1
         if _V2_ARCH in archs:
-            raise ModelLoadError(
-                "this is DeepSeek-OCR-2 in its original remote-code layout "
-                "(deepseek-ai/DeepSeek-OCR-2), which needs trust_remote_code; use the native "
-                "transformers conversion deepseek-community/DeepSeek-OCR-2 instead"
-            )
+            return ModelFamily.V2
     raise ModelLoadError(
         f"not a DeepSeek-OCR checkpoint (model_type={model_type!r}, architectures={archs!r}); "
-        "expected deepseek-ai/DeepSeek-OCR (v1) or deepseek-community/DeepSeek-OCR-2 (v2)"
+        "expected deepseek-ai/DeepSeek-OCR (v1), deepseek-ai/DeepSeek-OCR-2 or "
+        "deepseek-community/DeepSeek-OCR-2 (v2)"
     )
 
 
-def translate_v1_config(config: dict[str, Any], *, image_token_id: int) -> Any:
-    """Translate the published v1 ``config.json`` into an ``UnlimitedOcrConfig``.
-
-    Args:
-        config: The parsed config.json of ``deepseek-ai/DeepSeek-OCR`` (or a checkpoint in
-            the same layout).
-        image_token_id: The id of ``<image>`` in the checkpoint's tokenizer.
-
-    Returns:
-        A ``transformers.UnlimitedOcrConfig`` with full attention on every decoder layer.
-
-    Raises:
-        ModelLoadError: the config lacks a section, or uses a variant v1 never had (MLA).
-    """
-    from transformers import UnlimitedOcrConfig
-
-    try:
-        lang = dict(config.get("language_config") or {})
-        for key, value in config.items():  # the published file repeats the LM keys on top
-            lang.setdefault(key, value)
-        vision = config["vision_config"]
-        widths = vision["width"]
-        sam = widths["sam_vit_b"]
-        clip = widths["clip-l-14-224"]
-    except (KeyError, TypeError) as exc:
-        raise ModelLoadError(f"v1 config.json lacks {exc}; is this DeepSeek-OCR?") from exc
+def _language_section(config: dict[str, Any]) -> dict[str, Any]:
+    """The published ``language_config``, with the top-level LM keys as fallbacks."""
+    lang = dict(config.get("language_config") or {})
+    for key, value in config.items():  # the published file repeats the LM keys on top
+        lang.setdefault(key, value)
     if lang.get("use_mla") or lang.get("kv_lora_rank"):
         raise ModelLoadError("this config uses multi-head latent attention; DeepSeek-OCR does not")
+    return lang
 
-    sam_width = int(sam["width"])
-    downsample = [int(c) for c in sam.get("downsample_channels", (512, 1024))]
-    clip_width = int(clip["width"])
-    proj = config.get("projector_config") or {}
-    hidden = int(lang["hidden_size"])
-    if proj:
-        want_in = downsample[-1] + clip_width
-        if (
-            int(proj.get("input_dim", want_in)) != want_in
-            or int(proj.get("n_embed", hidden)) != hidden
-        ):
-            raise ModelLoadError(
-                f"projector_config {proj} does not fit the vision ({want_in}) and language "
-                f"({hidden}) widths"
-            )
-        if proj.get("projector_type", "linear") != "linear":
-            raise ModelLoadError(f"unsupported projector_type {proj.get('projector_type')!r}")
-    if downsample[-1] != clip_width:
-        raise ModelLoadError("the SAM output width must equal the CLIP width (v1 design)")
 
+def _text_config(lang: dict[str, Any]) -> dict[str, Any]:
+    """The DeepSeek-V2 language model (plain multi-head attention) of a published config."""
     layers = int(lang["num_hidden_layers"])
     first_dense = int(lang.get("first_k_dense_replace", 1))
-    text_config = {
+    return {
         "vocab_size": int(lang["vocab_size"]),
-        "hidden_size": hidden,
+        "hidden_size": int(lang["hidden_size"]),
         "intermediate_size": int(lang["intermediate_size"]),
         "num_hidden_layers": layers,
         "num_attention_heads": int(lang["num_attention_heads"]),
@@ -203,11 +171,61 @@ def translate_v1_config(config: dict[str, Any], *, image_token_id: int) -> Any:
         "eos_token_id": lang.get("eos_token_id", 1),
         "pad_token_id": lang.get("pad_token_id"),
         "mlp_layer_types": ["dense" if i < first_dense else "sparse" for i in range(layers)],
-        # v1 attends to the whole sequence on every layer; the validator still wants a window.
-        "layer_types": ["full_attention"] * layers,
-        "sliding_window": 128,
         "tie_word_embeddings": False,
     }
+
+
+def _check_projector(config: dict[str, Any], want_in: int, hidden: int) -> None:
+    proj = config.get("projector_config") or {}
+    if not proj:
+        return
+    if int(proj.get("input_dim", want_in)) != want_in or int(proj.get("n_embed", hidden)) != hidden:
+        raise ModelLoadError(
+            f"projector_config {proj} does not fit the vision ({want_in}) and language "
+            f"({hidden}) widths"
+        )
+    if proj.get("projector_type", "linear") != "linear":
+        raise ModelLoadError(f"unsupported projector_type {proj.get('projector_type')!r}")
+
+
+def translate_v1_config(config: dict[str, Any], *, image_token_id: int) -> Any:
+    """Translate the published v1 ``config.json`` into an ``UnlimitedOcrConfig``.
+
+    Args:
+        config: The parsed config.json of ``deepseek-ai/DeepSeek-OCR`` (or a checkpoint in
+            the same layout).
+        image_token_id: The id of ``<image>`` in the checkpoint's tokenizer.
+
+    Returns:
+        A ``transformers.UnlimitedOcrConfig`` with full attention on every decoder layer.
+
+    Raises:
+        ModelLoadError: the config lacks a section, or uses a variant v1 never had (MLA).
+    """
+    from transformers import UnlimitedOcrConfig
+
+    lang = _language_section(config)
+    try:
+        vision = config["vision_config"]
+        widths = vision["width"]
+        sam = widths["sam_vit_b"]
+        clip = widths["clip-l-14-224"]
+    except (KeyError, TypeError) as exc:
+        raise ModelLoadError(f"v1 config.json lacks {exc}; is this DeepSeek-OCR?") from exc
+
+    sam_width = int(sam["width"])
+    downsample = [int(c) for c in sam.get("downsample_channels", (512, 1024))]
+    clip_width = int(clip["width"])
+    hidden = int(lang["hidden_size"])
+    _check_projector(config, downsample[-1] + clip_width, hidden)
+    if downsample[-1] != clip_width:
+        raise ModelLoadError("the SAM output width must equal the CLIP width (v1 design)")
+
+    text_config = _text_config(lang)
+    layers = text_config["num_hidden_layers"]
+    # v1 attends to the whole sequence on every layer; the validator still wants a window.
+    text_config["layer_types"] = ["full_attention"] * layers
+    text_config["sliding_window"] = 128
     vision_config = {
         "sam_config": {
             "hidden_size": sam_width,
@@ -235,6 +253,96 @@ def translate_v1_config(config: dict[str, Any], *, image_token_id: int) -> Any:
     return UnlimitedOcrConfig(
         vision_config=vision_config,
         text_config=text_config,
+        image_token_id=image_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+_V2_ENCODER = {
+    "layers": 24,
+    "heads": 14,
+    "kv_heads": 2,
+    "intermediate_size": 4864,
+    "rope_theta": 1_000_000.0,
+    "rms_norm_eps": 1e-6,
+}
+"""DeepSeek-OCR-2's Qwen2-style "decoder as encoder", as DeepSeek's code builds it.
+
+``build_qwen2_decoder_as_encoder()`` in ``deepencoderv2/qwen2_d2e.py`` (and vLLM's
+``deepencoder2.py``) fixes 24 layers, 14 heads, 2 key/value heads, intermediate 4864 and a
+``Qwen2Config`` with ``rope_theta`` 1e6 and ``rms_norm_eps`` 1e-6; the published config.json
+records only the width (``vision_config.width["qwen2-0-5b"].dim``, 896). A config may carry
+the other sizes in that entry too (``layers``, ``heads``, ``kv_heads``,
+``intermediate_size``, ``rope_theta``, ``rms_norm_eps``): the small test checkpoints do.
+"""
+
+
+def translate_v2_config(config: dict[str, Any], *, image_token_id: int) -> Any:
+    """Translate the published v2 ``config.json`` into a ``DeepseekOcr2Config``.
+
+    ``deepseek-ai/DeepSeek-OCR-2`` publishes the v1-style layout (``model_type:
+    deepseek_vl_v2``, ``architectures: [DeepseekOCR2ForCausalLM]``). DeepSeek's code
+    ignores most of its ``vision_config``: the SAM ViT-B reads its width, depth, heads and
+    global-attention layers from ``sam_vit_b`` here, its last downsampling convolution
+    outputs the encoder width (896: the published ``downsample_channels`` ``[512, 1024]``
+    is a leftover of v1 that the v2 code never reads), and the Qwen2-style encoder has the
+    fixed sizes of :data:`_V2_ENCODER` unless the config names others.
+
+    Args:
+        config: The parsed config.json of ``deepseek-ai/DeepSeek-OCR-2`` (or a checkpoint
+            in the same layout).
+        image_token_id: The id of ``<image>`` in the checkpoint's tokenizer.
+
+    Returns:
+        A ``transformers.DeepseekOcr2Config``.
+
+    Raises:
+        ModelLoadError: the config lacks a section, or uses a variant v2 never had (MLA).
+    """
+    from transformers import DeepseekOcr2Config
+
+    lang = _language_section(config)
+    try:
+        vision = config["vision_config"]
+        widths = vision["width"]
+        sam = widths["sam_vit_b"]
+        encoder = dict(_V2_ENCODER, **widths["qwen2-0-5b"])
+        dim = int(encoder["dim"])
+    except (KeyError, TypeError) as exc:
+        raise ModelLoadError(f"v2 config.json lacks {exc}; is this DeepSeek-OCR-2?") from exc
+
+    sam_width = int(sam["width"])
+    downsample = [int(c) for c in sam.get("downsample_channels", (512, dim))]
+    hidden = int(lang["hidden_size"])
+    _check_projector(config, dim, hidden)
+    vision_config = {
+        "sam_config": {
+            "hidden_size": sam_width,
+            "num_hidden_layers": int(sam["layers"]),
+            "num_attention_heads": int(sam["heads"]),
+            "global_attn_indexes": [int(i) for i in sam["global_attn_indexes"]],
+            "downsample_channels": [downsample[0], dim],
+            "mlp_dim": int(sam.get("mlp_dim", 4 * sam_width)),
+            "output_channels": int(sam.get("output_channels", 256)),
+            "image_size": int(vision.get("image_size", 1024)),
+            "patch_size": 16,
+            "window_size": int(sam.get("window_size", 14)),
+        },
+        "encoder_config": {
+            "hidden_size": dim,
+            "intermediate_size": int(encoder["intermediate_size"]),
+            "num_hidden_layers": int(encoder["layers"]),
+            "num_attention_heads": int(encoder["heads"]),
+            "num_key_value_heads": int(encoder["kv_heads"]),
+            "hidden_act": "silu",
+            "rms_norm_eps": float(encoder["rms_norm_eps"]),
+            "rope_parameters": {"rope_type": "default", "rope_theta": float(encoder["rope_theta"])},
+            "max_position_embeddings": 131072,
+        },
+    }
+    return DeepseekOcr2Config(
+        vision_config=vision_config,
+        text_config=_text_config(lang),
         image_token_id=image_token_id,
         tie_word_embeddings=False,
     )
@@ -298,7 +406,7 @@ def load_model(
     dtype: Any,
     attn_implementation: str | None = None,
 ) -> LoadedModel:
-    """Load a DeepSeek-OCR checkpoint (v1 published layout or v2 native) for inference.
+    """Load a DeepSeek-OCR checkpoint (v1 or v2 published layout, or v2 native) for inference.
 
     Args:
         model: A local folder or a Hugging Face hub id.
@@ -307,7 +415,8 @@ def load_model(
         attn_implementation: ``sdpa`` (default) or ``eager``.
 
     Raises:
-        ModelLoadError: anything that stops the checkpoint from loading completely.
+        ModelLoadError: anything that stops the checkpoint from loading completely: a
+            missing weight, a weight the model does not use, a weight of the wrong shape.
     """
     import torch
 
@@ -332,6 +441,8 @@ def load_model(
         else:
             from transformers import DeepseekOcr2ForConditionalGeneration
 
+            if config.get("model_type") == "deepseek_vl_v2":
+                kwargs["config"] = translate_v2_config(config, image_token_id=special.image)
             net, info = DeepseekOcr2ForConditionalGeneration.from_pretrained(folder, **kwargs)
     except ModelLoadError:
         raise
@@ -344,6 +455,20 @@ def load_model(
         shown = ", ".join(sorted(missing)[:5])
         raise ModelLoadError(
             f"the checkpoint lacks {len(missing)} weight(s) the model needs ({shown} ...)",
+            source=str(folder),
+        )
+    unused = sorted(info.get("unexpected_keys", ()))
+    if unused:
+        shown = ", ".join(unused[:5])
+        raise ModelLoadError(
+            f"the checkpoint holds {len(unused)} weight(s) the model does not use ({shown} ...): "
+            "its layout does not match the architecture",
+            source=str(folder),
+        )
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+    if mismatched:
+        raise ModelLoadError(
+            f"{len(mismatched)} weight(s) have the wrong shape ({', '.join(mismatched[:5])} ...)",
             source=str(folder),
         )
     if int(net.config.image_token_id) != special.image:
