@@ -121,6 +121,37 @@ def test_documents_page_by_page(ocr_v1, three_page_pdf):
     assert isinstance(out[0], PageOutOfRangeError)
 
 
+def test_documents_are_read_one_chunk_ahead():
+    """While the engine works on a chunk, the next chunk's pages are rendered and prefetched."""
+    import threading
+
+    from langchain_deepseek_ocr.testing._hostile import make_pdf
+
+    seen: list[int] = []
+    next_chunk_ready = threading.Event()
+    waits: list[bool] = []
+
+    class Prefetching(ScriptedEngine):
+        def prefetch(self, requests):
+            seen.extend(r.page for r in requests)
+            if 5 in seen:
+                next_chunk_ready.set()
+
+        def generate(self, requests, **kwargs):
+            if requests[0].page == 0:  # the first chunk waits for the second to be read
+                waits.append(next_chunk_ready.wait(10))
+            return super().generate(requests, **kwargs)
+
+    engine = Prefetching("text", batch_size=3)
+    pdf = make_pdf([(100 + i, 200) for i in range(7)])
+    out = list(DeepSeekOCR(engine=engine).ocr_document(pdf))
+    assert waits == [True]  # pages 3-5 were prefetched while pages 0-2 were being read
+    assert [r.page for r in out] == list(range(7))
+    assert [r.image_size[0] for r in out] == [2 * (100 + i) for i in range(7)]
+    assert [[r.page for r in call] for call in engine.calls] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert sorted(seen) == list(range(7))  # each page prefetched once
+
+
 def test_facade_builds_its_engine_from_options(tiny_v2_dir, page_png):
     ocr = DeepSeekOCR(model=str(tiny_v2_dir), device="cpu", max_new_tokens=4, task="free")
     result = ocr.ocr(page_png)

@@ -414,6 +414,33 @@ def test_pdf_from_path_all_pages(tmp_path: Path) -> None:
     assert count_pages(path) == 5
 
 
+@pytest.mark.parametrize("as_path", [True, False])
+def test_pdf_reopened_every_few_pages_keeps_every_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_path: bool
+) -> None:
+    """Long PDFs are reopened every few pages (bounded memory): no page lost or repeated."""
+    from langchain_deepseek_ocr import _inputs
+
+    opened: list[int] = []
+    real_open = _inputs._open_pdf
+
+    def counting_open(*args, **kwargs):
+        opened.append(1)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(_inputs, "_PDF_REOPEN_EVERY", 2)
+    monkeypatch.setattr(_inputs, "_open_pdf", counting_open)
+    data = pdf_of(5)
+    source: object = data
+    if as_path:
+        source = tmp_path / "five.pdf"
+        source.write_bytes(data)
+    pages = list(iter_pages(source, pages=[0, 1, 2, 3, 4, 1]))
+    assert [p.page for p in pages] == [0, 1, 2, 3, 4, 1]
+    assert [p.size for p in pages] == [(page_width(i), 400) for i in (0, 1, 2, 3, 4, 1)]
+    assert len(opened) == 4  # the first open, then after pages 2, 4 and 6
+
+
 def test_pdf_page_selection() -> None:
     data = pdf_of(5)
     selected = list(iter_pages(data, pages=[4, -5, -1, 2, 2]))
@@ -572,7 +599,8 @@ def test_pdf_laziness_one_page_at_a_time(monkeypatch: pytest.MonkeyPatch) -> Non
     closes.clear()
     assert sum(1 for _ in iter_pages(data)) == 50
     assert len(renders) == 50
-    assert closes == [1]  # and so does exhausting it
+    # exhausting it closes it too (after one reopen at page 32: bounded memory)
+    assert len(closes) == 2
 
 
 def test_pdf_document_closed_on_error(monkeypatch: pytest.MonkeyPatch) -> None:

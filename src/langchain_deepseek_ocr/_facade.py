@@ -12,6 +12,7 @@ from langchain_deepseek_ocr._engine import EngineOutput, OCREngine, OCRRequest
 from langchain_deepseek_ocr._errors import ConfigurationError, DeepSeekOCRError
 from langchain_deepseek_ocr._inputs import InputLimits, PageImage, iter_page_results, load_image
 from langchain_deepseek_ocr._parse import parse_output
+from langchain_deepseek_ocr._preprocess import read_ahead
 from langchain_deepseek_ocr._recovery import RecoveryPolicy, attempt_of, merge_attempt
 from langchain_deepseek_ocr._result import OCRResult
 from langchain_deepseek_ocr._tasks import (
@@ -436,19 +437,36 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
         """Like :meth:`ocr_document`, pairing each result with its page image.
 
         The page image is ``None`` for a page (or a whole input) that could not be read.
+
+        Pages are read one chunk ahead in a background thread: while the engine works on
+        chunk ``k``, the pages of chunk ``k + 1`` are rendered and (on an engine with a
+        ``prefetch`` method, such as :class:`TransformersEngine`) preprocessed. At most
+        one chunk waits, so memory does not grow with the document.
         """
         options = _call_options(kwargs)
         size = chunk_size or getattr(self.engine, "batch_size", 8)
         page_list = list(pages) if pages is not None else None
+        prefetch = getattr(self.engine, "prefetch", None)
+
+        def produce() -> Iterator[tuple[PageImage, OCRRequest] | DeepSeekOCRError]:
+            for item in iter_page_results(source, pages=page_list, limits=self.limits):
+                if isinstance(item, DeepSeekOCRError):
+                    yield item
+                    continue
+                request = self._request(item, options)
+                if callable(prefetch):
+                    prefetch([request])
+                yield item, request
+
         chunk: list[tuple[PageImage, OCRRequest]] = []
-        for item in iter_page_results(source, pages=page_list, limits=self.limits):
-            if isinstance(item, DeepSeekOCRError):
+        for entry in read_ahead(produce(), size):
+            if isinstance(entry, DeepSeekOCRError):
                 # keep the order: pages before the failing one are answered first
                 yield from self._run_chunk(chunk)
                 chunk = []
-                yield None, item
+                yield None, entry
                 continue
-            chunk.append((item, self._request(item, options)))
+            chunk.append(entry)
             if len(chunk) >= size:
                 yield from self._run_chunk(chunk)
                 chunk = []

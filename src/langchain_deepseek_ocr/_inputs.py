@@ -986,6 +986,10 @@ def _pdf_page_count(document: pdfium.PdfDocument, source: str) -> int:
     return total
 
 
+_PDF_REOPEN_EVERY = 32
+"""Pages rendered from one open PDFium document before it is reopened (bounded memory)."""
+
+
 def _iter_pdf(
     opened: _Opened, source: str, pages: list[int] | None, limits: InputLimits, tolerant: bool
 ) -> Iterator[Any]:
@@ -998,6 +1002,7 @@ def _iter_pdf(
                 "(InputLimits.max_pages); pass pages= to select some, or raise the limit",
                 source=source,
             )
+        rendered = 0
         for index in _resolve_pages(pages, total, source, tolerant):
             if isinstance(index, InputError):
                 yield index
@@ -1009,6 +1014,12 @@ def _iter_pdf(
                     raise
                 yield exc
                 continue
+            rendered += 1
+            if rendered % _PDF_REOPEN_EVERY == 0:
+                # PDFium keeps per-page state (parsed objects, image streams) until the
+                # document is closed: reopening it bounds memory on long documents.
+                _close_pdf(document)
+                document = _open_pdf(opened, source)
             yield PageImage(image, source, index, total)
     finally:
         _close_pdf(document)

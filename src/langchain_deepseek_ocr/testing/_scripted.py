@@ -39,6 +39,8 @@ class ScriptedEngine:
         family: The model family it pretends to be (decides resolutions and token counts).
         model: The model name it reports.
         batch_size: Pages per call it reports (the facade chunks documents by it).
+        record_calls: Keep every call's requests in :attr:`calls` (with their page images;
+            turn it off for long runs, such as memory benchmarks).
     """
 
     def __init__(
@@ -48,13 +50,16 @@ class ScriptedEngine:
         family: ModelFamily | str = ModelFamily.V1,
         model: str = "scripted",
         batch_size: int = 8,
+        record_calls: bool = True,
     ):
         self.script = script if callable(script) else (lambda _r, _s=script: _s)
         self._family = ModelFamily(family)
         self._model = model
         self.batch_size = batch_size
         self.ngram_guard = NGramGuard()
+        self.record_calls = record_calls
         self.calls: list[list[OCRRequest]] = []
+        """The requests of every call, in order (when ``record_calls``)."""
 
     @property
     def model_name(self) -> str:
@@ -100,7 +105,8 @@ class ScriptedEngine:
         self, requests: Sequence[OCRRequest], *, on_token: TokenCallback | None = None
     ) -> list[EngineResult]:
         """Return the scripted output for each request."""
-        self.calls.append(list(requests))
+        if self.record_calls:
+            self.calls.append(list(requests))
         start = time.perf_counter()
         results = [self._one(r) for r in requests]
         for index, result in enumerate(results):
