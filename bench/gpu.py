@@ -337,6 +337,49 @@ class Clock:
         return time.perf_counter()
 
 
+def measure_preprocess(pages: list[Any], device: Any, clock: Clock) -> dict[str, Any]:
+    """ms per A4 page: PIL on the CPU vs the CPU's share and the device part of resizing there.
+
+    The device path (``defer_resize``) must give the very tensors of the PIL path; that is
+    checked here too, on the GPU's own arithmetic.
+    """
+    import torch
+
+    from langchain_deepseek_ocr._preprocess import pixel_batch, prepare_image
+    from langchain_deepseek_ocr._resample import matches_installed_pillow
+    from langchain_deepseek_ocr._tasks import resolution_spec
+
+    out: dict[str, Any] = {"pillow_probe_ok": matches_installed_pillow()}
+    reps = 3 if device.type == "cpu" else 8
+    for family in ("v1", "v2"):
+        spec = resolution_spec(family, "gundam")
+        page = pages[0]
+        pixel_batch([prepare_image(page, spec, defer_resize=True)], device=device)  # warm-up
+        start = time.perf_counter()
+        for _ in range(reps):
+            on_cpu = prepare_image(page, spec)
+        pil_ms = (time.perf_counter() - start) / reps * 1000
+        start = time.perf_counter()
+        for _ in range(reps):
+            deferred = prepare_image(page, spec, defer_resize=True)
+        share_ms = (time.perf_counter() - start) / reps * 1000
+        start = clock.now()
+        for _ in range(reps):
+            got = pixel_batch([deferred], device=device, dtype=torch.bfloat16)
+        device_ms = (clock.now() - start) / reps * 1000
+        want = pixel_batch([on_cpu], device=device, dtype=torch.bfloat16)
+        same = bool(torch.equal(got.pixel_values, want.pixel_values)) and bool(
+            torch.equal(got.pixel_values_local, want.pixel_values_local)
+        )
+        out[family] = {
+            "pil_resizes_cpu_ms": round(pil_ms, 2),
+            "device_path_cpu_share_ms": round(share_ms, 2),
+            "device_path_device_ms_incl_upload": round(device_ms, 2),
+            "same_tensors": same,
+        }
+    return out
+
+
 def run_engine(
     model: Any,
     tok: Any,
@@ -534,6 +577,12 @@ def main(argv: list[str] | None = None) -> int:
         pages = a4_pages(min(most_pages, 16))
         while len(pages) < most_pages:
             pages += pages[: most_pages - len(pages)]
+        try:
+            meta["preprocess_a4_gundam"] = measure_preprocess(pages, device, clock)
+        except Exception as exc:  # never costs the throughput points
+            meta["preprocess_a4_gundam"] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
+        print("preprocess:", json.dumps(meta["preprocess_a4_gundam"]), flush=True)
+        save()
         for family in ("v1", "v2"):
             mine = [p for p in points if p[0] == family]
             if not mine:

@@ -1,20 +1,17 @@
 """Peak RSS of OCR-ing a PDF through the facade's lazy document path (one process per run).
 
     python bench/memory.py make PDF PAGES          # write an A4 test PDF (144 dpi pages)
-    python bench/memory.py run PDF [--engine scripted|tiny] [--wiring facade|read-ahead]
-                                   [--reopen N]
+    python bench/memory.py run PDF [--engine scripted|tiny] [--reopen N]
     python bench/memory.py pdfium PDF REOPEN       # pdfium alone, reopening every REOPEN pages
 
 ``run`` prints one JSON line: the peak RSS of the process (``VmHWM``), the RSS once the
 imports and the engine are ready (the baseline), and the pages seen. ``bench/run.py`` runs
 it in fresh subprocesses for a 10-page and a 200-page PDF and compares the peaks.
 
-Wirings:
-
-* ``facade``: ``DeepSeekOCR.ocr_document`` as the facade implements it today.
-* ``read-ahead``: the loop proposed for ``DeepSeekOCR.iter_document`` -- pages rendered and
-  requests built one chunk ahead in a background thread (``_preprocess.read_ahead``), the
-  engine told to prepare them (``engine.prefetch``) -- to show it stays bounded too.
+The document path is ``DeepSeekOCR.ocr_document`` as shipped: pages rendered one chunk ahead
+in a background thread (and prefetched by the local engine), the PDF reopened every 32 pages
+(``_inputs._PDF_REOPEN_EVERY``). ``--reopen N`` overrides that period (``0``: never reopen,
+to show what reopening buys).
 """
 
 from __future__ import annotations
@@ -66,16 +63,7 @@ def _engine(kind: str, folder: Path) -> Any:
     if kind == "scripted":
         from langchain_deepseek_ocr.testing import ScriptedEngine
 
-        class Forgetful(ScriptedEngine):
-            """ScriptedEngine keeps every request in ``calls`` (for tests): drop them here."""
-
-            def generate(self, requests: Any, **kwargs: Any) -> Any:
-                try:
-                    return super().generate(requests, **kwargs)
-                finally:
-                    self.calls.clear()
-
-        return Forgetful("# Title\n\nSome text.", batch_size=8)
+        return ScriptedEngine("# Title\n\nSome text.", batch_size=8, record_calls=False)
     from langchain_deepseek_ocr import TransformersEngine
     from langchain_deepseek_ocr.testing import build_tiny_v1
 
@@ -83,101 +71,32 @@ def _engine(kind: str, folder: Path) -> Any:
     return TransformersEngine(str(folder), device="cpu", max_new_tokens=2, resolution="tiny").load()
 
 
-def _read_ahead_document(ocr: Any, source: Path) -> Any:
-    """The proposed ``iter_document`` loop (see the module docstring)."""
-    from langchain_deepseek_ocr._errors import DeepSeekOCRError
-    from langchain_deepseek_ocr._inputs import iter_page_results
-    from langchain_deepseek_ocr._preprocess import read_ahead
+def _set_reopen(pages: int | None) -> None:
+    """Override how often the PDF is reopened (``0``: never); ``None`` keeps the default."""
+    from langchain_deepseek_ocr import _inputs
 
-    size = getattr(ocr.engine, "batch_size", 8)
-    prefetch = getattr(ocr.engine, "prefetch", None)
-
-    def produce() -> Any:
-        for item in iter_page_results(source, limits=ocr.limits):
-            if isinstance(item, DeepSeekOCRError):
-                yield item, None
-                continue
-            request = ocr._request(item, {})
-            if prefetch is not None:
-                prefetch([request])
-            yield item, request
-
-    chunk: list[Any] = []
-    for item, request in read_ahead(produce(), size):
-        if request is None:
-            yield from ocr._run_chunk(chunk)
-            chunk = []
-            yield None, item
-            continue
-        chunk.append((item, request))
-        if len(chunk) >= size:
-            yield from ocr._run_chunk(chunk)
-            chunk = []
-    yield from ocr._run_chunk(chunk)
+    if pages is not None:
+        _inputs._PDF_REOPEN_EVERY = pages if pages > 0 else sys.maxsize
 
 
-def reopen_pdf_every(pages: int) -> None:
-    """Patch ``_inputs._iter_pdf`` to reopen the pdfium document every ``pages`` pages.
+def run(pdf: Path, engine_kind: str, reopen: int | None = None) -> dict[str, Any]:
+    from langchain_deepseek_ocr import DeepSeekOCR, OCRResult, _inputs
 
-    The change proposed for ``_inputs`` (bench-local here): pdfium keeps per-page state in
-    an open document until it is closed, so RSS grows with the page count; reopening the
-    document from the same stream every few dozen pages bounds it.
-    """
-    from langchain_deepseek_ocr import _inputs as inputs
-
-    def iter_pdf(opened: Any, source: str, wanted: Any, limits: Any, tolerant: bool) -> Any:
-        document = inputs._open_pdf(opened, source)
-        try:
-            total = inputs._pdf_page_count(document, source)
-            if total > limits.max_pages:
-                raise inputs.InputTooLargeError("too many pages", source=source)
-            rendered = 0
-            for index in inputs._resolve_pages(wanted, total, source, tolerant):
-                if isinstance(index, inputs.InputError):
-                    yield index
-                    continue
-                try:
-                    image = inputs._render_pdf_page(document, index, source, limits)
-                except inputs.InputError as exc:
-                    if not tolerant:
-                        raise
-                    yield exc
-                    continue
-                rendered += 1
-                if rendered % pages == 0:
-                    inputs._close_pdf(document)
-                    document = inputs._open_pdf(opened, source)
-                yield inputs.PageImage(image, source, index, total)
-        finally:
-            inputs._close_pdf(document)
-
-    inputs._iter_pdf = iter_pdf
-
-
-def run(pdf: Path, engine_kind: str, wiring: str, reopen: int = 0) -> dict[str, Any]:
-    from langchain_deepseek_ocr import DeepSeekOCR, OCRResult
-
-    if reopen:
-        reopen_pdf_every(reopen)
+    _set_reopen(reopen)
 
     with tempfile.TemporaryDirectory() as tmp:
         ocr = DeepSeekOCR(engine=_engine(engine_kind, Path(tmp) / "tiny"))
         baseline = _status_kib("VmRSS")
         peak_before = _status_kib("VmHWM")
         ok = pages = 0
-        if wiring == "facade":
-            stream = ((None, r) for r in ocr.ocr_document(str(pdf)))
-        else:
-            stream = _read_ahead_document(ocr, pdf)
-        for _page, result in stream:
+        for result in ocr.ocr_document(str(pdf)):
             pages += 1
             ok += isinstance(result, OCRResult)
     peak = _status_kib("VmHWM")
     return {
         "pdf": str(pdf),
         "engine": engine_kind,
-        "wiring": wiring,
-        "reopen": reopen,
+        "reopen": _inputs._PDF_REOPEN_EVERY,
         "pages": pages,
         "ok": ok,
         "peak_rss_kib": peak,
@@ -219,9 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     rn = sub.add_parser("run")
     rn.add_argument("pdf", type=Path)
     rn.add_argument("--engine", choices=["scripted", "tiny"], default="scripted")
-    rn.add_argument("--wiring", choices=["facade", "read-ahead"], default="facade")
     rn.add_argument(
-        "--reopen", type=int, default=0, help="reopen the PDF every N pages (proposed change)"
+        "--reopen", type=int, default=None, help="reopen the PDF every N pages (0: never)"
     )
     pd = sub.add_parser("pdfium")
     pd.add_argument("pdf", type=Path)
@@ -233,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "pdfium":
         print(json.dumps(pdfium_only(args.pdf, args.reopen)))
         return 0
-    print(json.dumps(run(args.pdf, args.engine, args.wiring, args.reopen)))
+    print(json.dumps(run(args.pdf, args.engine, args.reopen)))
     return 0
 
 

@@ -119,6 +119,18 @@ def bench_preprocess(rows: list[Row], rounds: int) -> None:
     def ours_float(spec: Any) -> Any:
         return pixel_batch([prepare_image(page, spec)], device="cpu")
 
+    staging = np.empty(A4[0] * A4[1] * 3, dtype=np.uint8)
+
+    def ours_gpu_host(spec: Any) -> Any:
+        """The CPU's share when the engine resizes on a GPU: the page's bytes, staged."""
+        prepared = prepare_image(page, spec, defer_resize=True)
+        staging[:] = prepared.page_pixels.reshape(-1)  # the copy into pinned memory
+        return prepared
+
+    def ours_device_on_cpu(spec: Any) -> Any:
+        """The device part of that path, run by torch on this CPU (a GPU is far faster)."""
+        return pixel_batch([prepare_image(page, spec, defer_resize=True)], device="cpu")
+
     med = _interleaved(
         {
             "hf v2": lambda: hf(images=page, return_tensors="np"),
@@ -126,10 +138,13 @@ def bench_preprocess(rows: list[Row], rounds: int) -> None:
             "ours v2": lambda: prepare_image(page, v2),
             "ours v2 pool": lambda: list(pool.map(prepare_image, pages, [v2] * threads)),
             "ours v2 float": lambda: ours_float(v2),
+            "ours v2 gpu host": lambda: ours_gpu_host(v2),
+            "ours v2 device on cpu": lambda: ours_device_on_cpu(v2),
             "ref v1": lambda: deepseek_reference(page, v1),
             "ours v1": lambda: prepare_image(page, v1),
             "ours v1 pool": lambda: list(pool.map(prepare_image, pages, [v1] * threads)),
             "ours v1 float": lambda: ours_float(v1),
+            "ours v1 gpu host": lambda: ours_gpu_host(v1),
         },
         rounds,
     )
@@ -149,6 +164,11 @@ def bench_preprocess(rows: list[Row], rounds: int) -> None:
         float(np.abs(got1.pixel_values_local.numpy() - ref_tiles).max()),
     )
     hf_tokens = 256 + 144 * int(ref["num_local_patches"][0]) + 1
+    on_device = ours_device_on_cpu(v2)
+    same_on_device = bool(
+        torch.equal(on_device.pixel_values, got.pixel_values)
+        and torch.equal(on_device.pixel_values_local, got.pixel_values_local)
+    )
 
     # the pool prepares `threads` pages at once, as the engine's workers do: per page
     for name in ("ours v2 pool", "ours v1 pool"):
@@ -177,6 +197,18 @@ def bench_preprocess(rows: list[Row], rounds: int) -> None:
         (f"  v2 vs transformers: host part {split}", ratio("hf v2", "ours v2 pool")),
         ("  v2 vs transformers: float32 on the CPU", ratio("hf v2", "ours v2 float")),
         ("  v2 max |ours - transformers|; tokens ours / transformers", f"{diff:.1e}; {tok2}"),
+        (
+            f"{a4} v2 gundam: ours, resized on the GPU: the CPU's share (page bytes staged)",
+            cell("ours v2 gpu host"),
+        ),
+        (
+            "  v2 vs transformers: CPU's share when resizing on the GPU",
+            ratio("hf v2", "ours v2 gpu host"),
+        ),
+        (
+            f"{a4} v2 gundam: that path's device part, run by torch on this CPU",
+            cell("ours v2 device on cpu") + f" (tensors equal to PIL's path: {same_on_device})",
+        ),
         (f"{a4} v1 gundam: DeepSeek's algorithm step by step", cell("ref v1")),
         (f"{a4} v1 gundam: ours, host part (uint8)", cell("ours v1")),
         (f"{a4} v1 gundam: ours, host part {split}", cell("ours v1 pool")),
@@ -185,6 +217,14 @@ def bench_preprocess(rows: list[Row], rounds: int) -> None:
         ("  v1 vs transformers' v2 processor (yardstick): one thread", ratio("hf v2", "ours v1")),
         (f"  v1 vs transformers' v2 processor: {split}", ratio("hf v2", "ours v1 pool")),
         ("  v1 max |ours - DeepSeek's algorithm|; tokens", f"{diff1:.1e}; {tok1}"),
+        (
+            f"{a4} v1 gundam: ours, resized on the GPU: the CPU's share (page bytes staged)",
+            cell("ours v1 gpu host"),
+        ),
+        (
+            "  v1 vs DeepSeek's algorithm: CPU's share when resizing on the GPU",
+            ratio("ref v1", "ours v1 gpu host"),
+        ),
     ]
 
 
@@ -345,13 +385,8 @@ def bench_memory(rows: list[Row], engine: str) -> None:
                 check=True,
                 cwd=ROOT,
             )
-        for wiring, reopen in (
-            ("facade", 0),
-            ("read-ahead", 0),
-            ("facade", 32),
-            ("read-ahead", 32),
-        ):
-            opts = ["--engine", engine, "--wiring", wiring, "--reopen", str(reopen)]
+        for reopen in (32, 0):
+            opts = ["--engine", engine, "--reopen", str(reopen)]
             small = _child("run", str(pdfs[10]), *opts)
             large = _child("run", str(pdfs[200]), *opts)
             if small["ok"] != 10 or large["ok"] != 200:
@@ -359,11 +394,10 @@ def bench_memory(rows: list[Row], engine: str) -> None:
             peak = large["peak_rss_kib"] / small["peak_rss_kib"]
             growth_small = small["peak_rss_kib"] - small["baseline_rss_kib"]
             growth_large = large["peak_rss_kib"] - large["baseline_rss_kib"]
+            label = "as shipped (PDF reopened every 32 pages)" if reopen else "PDF never reopened"
             rows.append(
                 (
-                    f"memory, {engine} engine, {wiring}"
-                    + (f" + PDF reopened every {reopen} pages" if reopen else "")
-                    + ": peak RSS 200 / 10 pages",
+                    f"memory, {engine} engine, {label}: peak RSS 200 / 10 pages",
                     f"{large['peak_rss_kib'] / 1024:.0f} MiB / {small['peak_rss_kib'] / 1024:.0f} "
                     f"MiB = {peak:.2f}x (above the ready baseline: {growth_large / 1024:.0f} / "
                     f"{growth_small / 1024:.0f} MiB)",

@@ -275,6 +275,32 @@ def test_vision_micro_batches_and_workers_do_not_change_tokens(tiny_v2_dir, v2_e
         engine.close()
 
 
+@pytest.mark.parametrize("family_dir", ["tiny_v1_dir", "tiny_v2_dir"])
+def test_resizing_on_the_device_gives_the_same_tokens(family_dir, request, monkeypatch):
+    """The GPU path (pages resized by torch where the model is) equals PIL's, token for token."""
+    from langchain_deepseek_ocr import _resample
+
+    folder = request.getfixturevalue(family_dir)
+    reqs = [_request(size) for size in SHAPES]
+    on_cpu = TransformersEngine(str(folder), device="cpu", max_new_tokens=8)
+    expected = [o.token_ids for o in on_cpu.generate(reqs)]
+    calls: list[tuple[int, int]] = []
+    real = _resample.resize_bicubic
+
+    def counting(pixels, size):
+        calls.append(size)
+        return real(pixels, size)
+
+    monkeypatch.setattr(_resample, "resize_bicubic", counting)
+    on_device = TransformersEngine(
+        str(folder), device="cpu", max_new_tokens=8, resize_on_device=True
+    )
+    assert [o.token_ids for o in on_device.generate(reqs)] == expected
+    assert len(calls) >= len(reqs)  # the resizes really ran in torch
+    for engine in (on_cpu, on_device):
+        engine.close()
+
+
 def test_prefetch_prepares_ahead_and_gives_the_same_output(v1_engine):
     reqs = [_request(size) for size in SHAPES]
     expected = [o.token_ids for o in v1_engine.generate(reqs)]
@@ -367,3 +393,23 @@ def test_prefetch_keeps_at_most_two_batches(tiny_v1_dir):
     off = TransformersEngine(str(tiny_v1_dir), device="cpu", preprocess_workers=0).load()
     off.prefetch(reqs)
     assert not off._prefetched
+
+
+def test_no_device_resize_when_it_would_not_match_pillow(tiny_v1_dir, monkeypatch, caplog):
+    """A Pillow whose resampler the device resize does not reproduce: resize on the CPU."""
+    from langchain_deepseek_ocr import _resample
+
+    monkeypatch.setattr(_resample, "matches_installed_pillow", lambda: False)
+    engine = TransformersEngine(
+        str(tiny_v1_dir), device="cpu", max_new_tokens=2, resize_on_device=True
+    ).load()
+    with caplog.at_level("WARNING", logger="langchain_deepseek_ocr"):
+        prepared = engine._prepare_pixels(
+            noise_image(600, 500), engine._spec_for(None, engine.family), engine._loaded
+        )
+        engine._prepare_pixels(
+            noise_image(600, 500), engine._spec_for(None, engine.family), engine._loaded
+        )
+    assert prepared.page_pixels is None
+    assert prepared.global_pixels is not None
+    assert sum("Pillow" in r.getMessage() for r in caplog.records) == 1  # warned once

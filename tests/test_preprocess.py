@@ -4,11 +4,18 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
 from conftest import noise_image
-from langchain_deepseek_ocr._preprocess import count_image_tokens, prepare_image, select_grid
-from langchain_deepseek_ocr._tasks import resolution_spec
+from langchain_deepseek_ocr._errors import ConfigurationError
+from langchain_deepseek_ocr._preprocess import (
+    count_image_tokens,
+    pixel_batch,
+    prepare_image,
+    select_grid,
+)
+from langchain_deepseek_ocr._tasks import ModelFamily, Resolution, resolution_spec
 
 A4_144DPI = (1191, 1684)
 
@@ -359,3 +366,39 @@ def test_read_ahead_raises_errors_in_place_and_closes_early():
     assert closed == [True]
     with pytest.raises(ValueError, match="ahead"):
         read_ahead([], 0)
+
+
+# -- resizing on the device ----------------------------------------------------------------
+
+
+def _all_specs():
+    for family in ModelFamily:
+        for name in Resolution:
+            try:
+                yield resolution_spec(family, name)
+            except ConfigurationError:
+                continue
+
+
+@pytest.mark.parametrize("spec", list(_all_specs()), ids=lambda s: f"{s.family}-{s.name}")
+def test_deferred_resize_on_the_device_equals_pil(spec):
+    """``defer_resize`` pages resized by torch give the very tensors PIL's resizes give."""
+    rng = np.random.default_rng(7)
+    shapes = [(596, 842), (300, 2000), (5, 900), (1024, 1024)]
+    pages = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in shapes]
+    on_cpu = [prepare_image(page, spec) for page in pages]
+    deferred = [prepare_image(page, spec, defer_resize=True) for page in pages]
+    assert all(d.global_pixels is None and d.page_pixels is not None for d in deferred)
+    mixed = [d if i % 2 else c for i, (c, d) in enumerate(zip(on_cpu, deferred, strict=True))]
+    want = pixel_batch(on_cpu)
+    for batch in (deferred, mixed):
+        got = pixel_batch(batch)
+        assert torch.equal(got.pixel_values, want.pixel_values)
+        if want.pixel_values_local is None:
+            assert got.pixel_values_local is None
+        else:
+            assert torch.equal(got.pixel_values_local, want.pixel_values_local)
+        assert got.num_local_patches == want.num_local_patches
+        assert got.patches_grid == want.patches_grid
+    # and the float32 reference views
+    np.testing.assert_array_equal(deferred[0].global_view, on_cpu[0].global_view)

@@ -131,22 +131,44 @@ class PreparedImage:
     """One page, resized and padded, as uint8 pixels ready to be sent to the model's device.
 
     Attributes:
-        global_pixels: ``(S, S, 3)`` uint8: the global view, height x width x RGB.
+        global_pixels: ``(S, S, 3)`` uint8: the global view, height x width x RGB (``None``
+            when the resizes are left to the device, see ``page_pixels``).
         tile_pixels: ``(rows*T, cols*T, 3)`` uint8: the page stretched onto the tile grid
             (tile ``i`` is the slice at row ``i // cols``, column ``i % cols``), or ``None``
-            when the page is not tiled.
+            when the page is not tiled (or the resizes are left to the device).
         grid: ``(columns, rows)`` of the tiles, or ``None``.
         num_image_tokens: The ``<image>`` placeholders the page needs.
         image_size: ``(width, height)`` of the original page.
         spec: The resolution mode used.
+        page_pixels: ``(H, W, 3)`` uint8: the page itself, unresized, when
+            :func:`prepare_image` left the resizes to the device (``defer_resize=True``);
+            :func:`pixel_batch` then resizes it there, byte-identical to PIL.
     """
 
-    global_pixels: np.ndarray
+    global_pixels: np.ndarray | None
     tile_pixels: np.ndarray | None
     grid: tuple[int, int] | None
     num_image_tokens: int
     image_size: tuple[int, int]
     spec: ResolutionSpec
+    page_pixels: np.ndarray | None = None
+
+    def resized(self) -> PreparedImage:
+        """This page with its global view and tile canvas made (on the CPU, if deferred)."""
+        if self.page_pixels is None:
+            return self
+        import torch
+
+        page = torch.from_numpy(self.page_pixels.copy())  # PIL's arrays are read-only
+        glob, canvas = _views_on_device(self, page)
+        return PreparedImage(
+            global_pixels=glob.numpy(),
+            tile_pixels=None if canvas is None else canvas.numpy(),
+            grid=self.grid,
+            num_image_tokens=self.num_image_tokens,
+            image_size=self.image_size,
+            spec=self.spec,
+        )
 
     @property
     def num_tiles(self) -> int:
@@ -156,21 +178,36 @@ class PreparedImage:
     @property
     def global_view(self) -> np.ndarray:
         """``(3, S, S)`` float32, normalised to -1..1 (computed on each access)."""
-        out = np.empty((3, *self.global_pixels.shape[:2]), dtype=np.float32)
-        return normalise_pixels(self.global_pixels.transpose(2, 0, 1), out)
+        pixels = self.resized().global_pixels
+        assert pixels is not None
+        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+        return normalise_pixels(pixels.transpose(2, 0, 1), out)
 
     @property
     def tiles(self) -> np.ndarray | None:
         """``(k, 3, T, T)`` float32 normalised tiles, row-major, or ``None`` (computed)."""
-        if self.tile_pixels is None or self.grid is None:
+        canvas = self.resized().tile_pixels
+        if canvas is None or self.grid is None:
             return None
         cols, rows = self.grid
         size = self.spec.image_size
         out = np.empty((rows * cols, 3, size, size), dtype=np.float32)
-        normalise_pixels(
-            _tile_view(self.tile_pixels, cols, rows, size), _grid_view(out, cols, rows)
-        )
+        normalise_pixels(_tile_view(canvas, cols, rows, size), _grid_view(out, cols, rows))
         return out
+
+
+def _views_on_device(page: PreparedImage, pixels: Any) -> tuple[Any, Any | None]:
+    """The global view and tile canvas (uint8 tensors) of a deferred page from its pixels."""
+    from langchain_deepseek_ocr._resample import resize_bicubic
+
+    width, height = page.image_size
+    glob = _global_on_device(pixels, _global_plan(width, height, page.spec))
+    canvas = None
+    if page.grid is not None:
+        cols, rows = page.grid
+        size = page.spec.image_size
+        canvas = resize_bicubic(pixels, (size * cols, size * rows))
+    return glob, canvas
 
 
 def _tile_view(canvas: np.ndarray, cols: int, rows: int, size: int) -> np.ndarray:
@@ -211,42 +248,84 @@ def _resize(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize(size, _RESAMPLE))
 
 
-def _global_pixels(image: Image.Image, spec: ResolutionSpec) -> np.ndarray:
-    """The global view as ``(S, S, 3)`` uint8: ``ImageOps.pad`` (grey 127, centred), exactly."""
+@dataclass(frozen=True)
+class _GlobalPlan:
+    """How the global view is made from a page.
+
+    Resize the page to ``size`` (``None``: keep it as it is; ``(0, 0)``: nothing of it
+    shows), then paste it at ``offset`` on a grey square of ``side``.
+    """
+
+    side: int
+    size: tuple[int, int] | None
+    offset: tuple[int, int]
+
+
+def _global_plan(width: int, height: int, spec: ResolutionSpec) -> _GlobalPlan:
+    """DeepSeek's global view for a ``width`` x ``height`` page: ``ImageOps.pad``, exactly."""
     side = global_side(spec)
     if not spec.crop and spec.family is ModelFamily.V1 and spec.image_size <= 640:
         # v1 tiny/small stretch the page onto the square (upstream's resize before pad)
-        return _resize(image, (side, side))
-    if image.size == (side, side):
-        return np.asarray(image)
-    fit_w, fit_h = _fit(image.width, image.height, side)
-    if (fit_w, fit_h) == (side, side):
-        return _resize(image, (side, side))
-    out = np.empty((side, side, 3), dtype=np.uint8)
-    out[...] = PAD_COLOR
+        return _GlobalPlan(side, (side, side), (0, 0))
+    if (width, height) == (side, side):
+        return _GlobalPlan(side, None, (0, 0))
+    fit_w, fit_h = _fit(width, height, side)
     if min(fit_w, fit_h) == 0:  # a sliver of a page: ImageOps.contain gives an empty image
-        return out
-    resized = _resize(image, (fit_w, fit_h))
+        return _GlobalPlan(side, (0, 0), (0, 0))
     # ImageOps.pad centres with Python's round() (half to even), which we keep
-    if fit_w != side:
-        x = round((side - fit_w) * 0.5)
-        out[:, x : x + fit_w] = resized
-    else:
-        y = round((side - fit_h) * 0.5)
-        out[y : y + fit_h, :] = resized
+    x = round((side - fit_w) * 0.5) if fit_w != side else 0
+    y = round((side - fit_h) * 0.5) if fit_w == side and fit_h != side else 0
+    return _GlobalPlan(side, (fit_w, fit_h), (x, y))
+
+
+def _global_pixels(image: Image.Image, spec: ResolutionSpec) -> np.ndarray:
+    """The global view as ``(S, S, 3)`` uint8 (PIL's resize, on the CPU)."""
+    plan = _global_plan(image.width, image.height, spec)
+    if plan.size is None:
+        return np.asarray(image)
+    if plan.size == (plan.side, plan.side):
+        return _resize(image, plan.size)
+    out = np.empty((plan.side, plan.side, 3), dtype=np.uint8)
+    out[...] = PAD_COLOR
+    if plan.size != (0, 0):
+        (w, h), (x, y) = plan.size, plan.offset
+        out[y : y + h, x : x + w] = _resize(image, plan.size)
     return out
 
 
-def prepare_image(image: Image.Image, spec: ResolutionSpec) -> PreparedImage:
+def _global_on_device(page: Any, plan: _GlobalPlan) -> Any:
+    """:func:`_global_pixels` for a uint8 ``(H, W, 3)`` tensor, resized where it lives."""
+    import torch
+
+    from langchain_deepseek_ocr._resample import resize_bicubic
+
+    if plan.size is None:
+        return page
+    if plan.size == (plan.side, plan.side):
+        return resize_bicubic(page, plan.size)
+    out = torch.full((plan.side, plan.side, 3), PAD_COLOR[0], dtype=torch.uint8, device=page.device)
+    if plan.size != (0, 0):
+        (w, h), (x, y) = plan.size, plan.offset
+        out[y : y + h, x : x + w] = resize_bicubic(page, plan.size)
+    return out
+
+
+def prepare_image(
+    image: Image.Image, spec: ResolutionSpec, *, defer_resize: bool = False
+) -> PreparedImage:
     """Preprocess one RGB page image for a resolution mode (the CPU part, uint8 out).
 
     Two PIL resizes at most (global view, tile canvas); everything else is done on the
     model's device by :func:`pixel_batch`. PIL releases the GIL while it resizes, so pages
-    can be prepared on several threads at once (the engine does).
+    can be prepared on several threads at once (the engine does). With ``defer_resize`` the
+    CPU does not even resize: the page's pixels are kept as they are and :func:`pixel_batch`
+    resizes them on the device (:mod:`~langchain_deepseek_ocr._resample`, byte-identical to
+    PIL) -- what the engine does on a GPU, where the CPU would otherwise be the bottleneck.
 
     Args:
         image: The page, mode ``RGB`` (see :mod:`langchain_deepseek_ocr._inputs`).
         spec: The resolution mode, from :func:`~langchain_deepseek_ocr._tasks.resolution_spec`.
+        defer_resize: Leave the two resizes to :func:`pixel_batch` on the model's device.
 
     Returns:
         The global view, the tile canvas and the placeholder count.
@@ -255,6 +334,16 @@ def prepare_image(image: Image.Image, spec: ResolutionSpec) -> PreparedImage:
         image = image.convert("RGB")
     width, height = image.size
     grid = select_grid(width, height, spec)
+    if defer_resize:
+        return PreparedImage(
+            global_pixels=None,
+            tile_pixels=None,
+            grid=grid,
+            num_image_tokens=count_image_tokens(width, height, spec),
+            image_size=(width, height),
+            spec=spec,
+            page_pixels=np.asarray(image),
+        )
     canvas = None
     if grid is not None:
         cols, rows = grid
@@ -322,15 +411,16 @@ def pixel_batch(
         raise ValueError("pixel_batch needs at least one page")
     device = torch.device(device)
     dtype = dtype or torch.float32
-    side = images[0].global_pixels.shape[0]
-    if any(p.global_pixels.shape != (side, side, 3) for p in images):
+    side = global_side(images[0].spec)
+    if any(global_side(p.spec) != side for p in images):
         raise ValueError("the pages of a batch must share the global-view size")
-    tiled = [p for p in images if p.tile_pixels is not None and p.grid is not None]
+    tiled = [p for p in images if p.grid is not None]
     tile = tiled[0].spec.image_size if tiled else 0
     if any(p.spec.image_size != tile for p in tiled):
         raise ValueError("the tiled pages of a batch must share the tile size")
     total_tiles = sum(p.num_tiles for p in tiled)
-    if device.type == "cpu":
+    deferred = any(p.page_pixels is not None for p in images)
+    if device.type == "cpu" and not deferred:
         glob = torch.empty((len(images), 3, side, side), dtype=torch.float32)
         glob_np = glob.numpy()
         for row, page in enumerate(images):
@@ -380,34 +470,56 @@ def _device_views(
     device: Any,
     dtype: Any,
 ) -> list[Any]:
-    """uint8 to the device in one staged copy, then layout and normalisation there."""
+    """uint8 to the device in one staged copy, then layout and normalisation there.
+
+    A page prepared with ``defer_resize`` travels as its unresized pixels and is resized on
+    the device; the others travel as their global view and tile canvas.
+    """
     pin = device.type == "cuda"
-    tile_bytes = sum(p.tile_pixels.size for p in tiled)  # type: ignore[union-attr]
-    glob_bytes = len(images) * side * side * 3
-    staging = torch.empty(glob_bytes + tile_bytes, dtype=torch.uint8, pin_memory=pin)
+    arrays: list[list[np.ndarray]] = []
+    for page in images:
+        if page.page_pixels is not None:
+            arrays.append([page.page_pixels])
+        else:
+            assert page.global_pixels is not None
+            parts = [page.global_pixels]
+            if page.tile_pixels is not None:
+                parts.append(page.tile_pixels)
+            arrays.append(parts)
+    total = sum(a.size for parts in arrays for a in parts)
+    staging = torch.empty(total, dtype=torch.uint8, pin_memory=pin)
     flat = staging.numpy()
     offset = 0
-    for page in images:
-        flat[offset : offset + page.global_pixels.size] = page.global_pixels.reshape(-1)
-        offset += page.global_pixels.size
-    for page in tiled:
-        size = page.tile_pixels.size  # type: ignore[union-attr]
-        flat[offset : offset + size] = page.tile_pixels.reshape(-1)  # type: ignore[union-attr]
-        offset += size
+    for parts in arrays:
+        for array in parts:
+            flat[offset : offset + array.size] = array.reshape(-1)
+            offset += array.size
     on_device = staging.to(device, non_blocking=pin)
+    views: list[tuple[Any, Any | None]] = []  # per page: global (S, S, 3), canvas or None
+    offset = 0
+    for page, parts in zip(images, arrays, strict=True):
+        shaped = []
+        for array in parts:
+            shaped.append(on_device[offset : offset + array.size].view(array.shape))
+            offset += array.size
+        if page.page_pixels is not None:
+            views.append(_views_on_device(page, shaped[0]))
+        else:
+            views.append((shaped[0], shaped[1] if len(shaped) > 1 else None))
     glob = torch.empty((len(images), 3, side, side), dtype=torch.float32, device=device)
-    glob.copy_(on_device[:glob_bytes].view(len(images), side, side, 3).permute(0, 3, 1, 2))
+    for row, (page_glob, _canvas) in enumerate(views):
+        glob[row].copy_(page_glob.permute(2, 0, 1))
     out = [glob]
     if tiled:
         local = torch.empty((total_tiles, 3, tile, tile), dtype=torch.float32, device=device)
-        offset, start = glob_bytes, 0
-        for page in tiled:
-            cols, rows = page.grid  # type: ignore[misc]
-            size = page.tile_pixels.size  # type: ignore[union-attr]
-            src = on_device[offset : offset + size].view(rows, tile, cols, tile, 3)
+        start = 0
+        for page, (_glob, canvas) in zip(images, views, strict=True):
+            if page.grid is None or canvas is None:
+                continue
+            cols, rows = page.grid
+            src = canvas.view(rows, tile, cols, tile, 3)
             dst = local[start : start + cols * rows].view(rows, cols, 3, tile, tile)
             dst.copy_(src.permute(0, 2, 4, 1, 3))
-            offset += size
             start += cols * rows
         out.append(local)
     for tensor in out:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 import queue
 import threading
@@ -79,6 +80,8 @@ from langchain_deepseek_ocr._tasks import (
 )
 
 __all__ = ["TransformersEngine"]
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT_GUARD = NGramGuard()
 
@@ -226,6 +229,9 @@ class TransformersEngine:
             ``0`` prepares them inline, one batch at a time, with no threads.
         vision_batch: Most views (global views + tiles) per vision-encoder call; pages are
             never split across calls. ``None``: 64 on CUDA, 8 elsewhere.
+        resize_on_device: Resize pages on the model's device (byte-identical to PIL's
+            bicubic resize) instead of on the CPU, so a GPU is not held back by a few CPU
+            cores. ``None``: on CUDA devices only (on a CPU, PIL is the faster resizer).
         generate_kwargs: Extra keyword arguments for transformers' ``generate`` (e.g.
             ``{"min_new_tokens": 1000}`` for benchmarks); the ones the engine sets itself
             (inputs, limits, processors, special ids) cannot be overridden.
@@ -246,6 +252,7 @@ class TransformersEngine:
         timeout: float | None = None,
         preprocess_workers: int = 2,
         vision_batch: int | None = None,
+        resize_on_device: bool | None = None,
         generate_kwargs: Mapping[str, Any] | None = None,
     ):
         if batch_size < 1:
@@ -274,6 +281,8 @@ class TransformersEngine:
         self.timeout = timeout
         self.preprocess_workers = preprocess_workers
         self.vision_batch = vision_batch
+        self.resize_on_device = resize_on_device
+        self._warned_resize = False
         self.generate_kwargs: dict[str, Any] = dict(generate_kwargs or {})
         self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
@@ -429,7 +438,7 @@ class TransformersEngine:
                     spec = self._spec_for(request.resolution, loaded.family)
                 except DeepSeekOCRError:
                     continue
-                future = pool.submit(prepare_image, request.image, spec)
+                future = pool.submit(self._prepare_pixels, request.image, spec, loaded)
                 self._prefetched[key] = (request, future)
                 while len(self._prefetched) > max(8, _PREFETCH_BATCHES * self.batch_size):
                     _key, (_req, old) = self._prefetched.popitem(last=False)
@@ -668,14 +677,16 @@ class TransformersEngine:
         if self.preprocess_workers > 1 and sum(f is None for f in futures) > 1:
             pool = self._worker_pool()  # one page per thread
             futures = [
-                fut if fut is not None else pool.submit(prepare_image, it.request.image, it.spec)
+                fut
+                if fut is not None
+                else pool.submit(self._prepare_pixels, it.request.image, it.spec, loaded)
                 for it, fut in zip(batch, futures, strict=True)
             ]
         staged = _Staged(items=[])
         for item, future in zip(batch, futures, strict=True):
             try:
                 if future is None:
-                    item.prepared = prepare_image(item.request.image, item.spec)
+                    item.prepared = self._prepare_pixels(item.request.image, item.spec, loaded)
                 else:
                     item.prepared = future.result()
                 if item.prepared.num_image_tokens != item.num_image_tokens:
@@ -696,6 +707,27 @@ class TransformersEngine:
         if staged.items:
             staged.pixels = self._upload(staged.items, loaded)
         return staged
+
+    def _resizes_on_device(self, loaded: LoadedModel) -> bool:
+        wanted = self.resize_on_device
+        if wanted is None:
+            wanted = str(loaded.model.device).startswith("cuda")
+        if not wanted:
+            return False
+        from langchain_deepseek_ocr._resample import matches_installed_pillow
+
+        if matches_installed_pillow():
+            return True
+        if not self._warned_resize:
+            self._warned_resize = True
+            logger.warning(
+                "the device resize does not reproduce the installed Pillow's bicubic resize "
+                "byte for byte; pages are resized on the CPU with Pillow instead"
+            )
+        return False
+
+    def _prepare_pixels(self, image: Any, spec: ResolutionSpec, loaded: LoadedModel) -> Any:
+        return prepare_image(image, spec, defer_resize=self._resizes_on_device(loaded))
 
     def _upload(self, items: list[_Item], loaded: LoadedModel) -> PixelBatch:
         import torch
