@@ -281,7 +281,7 @@ def test_resizing_on_the_device_gives_the_same_tokens(family_dir, request, monke
     from langchain_deepseek_ocr import _resample
 
     folder = request.getfixturevalue(family_dir)
-    reqs = [_request(size) for size in SHAPES]
+    reqs = [_request(size) for size in SHAPES[1:3]]  # one untiled, one tiled page
     on_cpu = TransformersEngine(str(folder), device="cpu", max_new_tokens=8)
     expected = [o.token_ids for o in on_cpu.generate(reqs)]
     calls: list[tuple[int, int]] = []

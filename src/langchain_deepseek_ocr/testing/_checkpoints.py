@@ -88,26 +88,21 @@ def build_tiny_tokenizer(folder: Path, *, vocab_size: int = 400) -> Any:
     return tok
 
 
-def v1_published_config(
+def published_language_config(
     *,
     vocab_size: int,
-    hidden_size: int = 64,
-    layers: int = 2,
-    heads: int = 4,
-    experts: int = 4,
-    sam_width: int = 32,
-    sam_layers: int = 2,
-    clip_width: int = 32,
-    clip_layers: int = 2,
-    max_positions: int = 8192,
+    hidden_size: int,
+    layers: int,
+    heads: int,
+    experts: int,
+    max_positions: int,
 ) -> dict[str, Any]:
-    """A v1 ``config.json`` in the layout ``deepseek-ai/DeepSeek-OCR`` publishes, shrunk.
+    """The ``language_config`` of a published v1 or v2 ``config.json``, shrunk.
 
-    The keys and nesting are those of the real file (``language_config``,
-    ``vision_config.width.{sam_vit_b, clip-l-14-224}``, ``projector_config``); only the
-    sizes are small. The language keys are repeated at the top level as in the real file.
+    Both families ship the same DeepSeek-V2 decoder layout (the file repeats these keys at
+    its top level too).
     """
-    lang = {
+    return {
         "architectures": ["DeepseekV2ForCausalLM"],
         "auto_map": {
             "AutoConfig": "configuration_deepseekv2.DeepseekV2Config",
@@ -141,6 +136,35 @@ def v1_published_config(
         "v_head_dim": 0,
         "vocab_size": vocab_size,
     }
+
+
+def v1_published_config(
+    *,
+    vocab_size: int,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    experts: int = 4,
+    sam_width: int = 32,
+    sam_layers: int = 2,
+    clip_width: int = 32,
+    clip_layers: int = 2,
+    max_positions: int = 8192,
+) -> dict[str, Any]:
+    """A v1 ``config.json`` in the layout ``deepseek-ai/DeepSeek-OCR`` publishes, shrunk.
+
+    The keys and nesting are those of the real file (``language_config``,
+    ``vision_config.width.{sam_vit_b, clip-l-14-224}``, ``projector_config``); only the
+    sizes are small. The language keys are repeated at the top level as in the real file.
+    """
+    lang = published_language_config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        layers=layers,
+        heads=heads,
+        experts=experts,
+        max_positions=max_positions,
+    )
     config: dict[str, Any] = {
         "_name_or_path": "tiny-random/DeepSeek-OCR",
         "candidate_resolutions": [[1024, 1024]],

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from langchain_deepseek_ocr.testing._checkpoints import published_language_config
+
 __all__ = [
     "DEFAULT_VLLM_VENV",
     "NEAR_TIE",
@@ -491,40 +493,14 @@ def v2_published_config(
     The geometry stays real (SAM patch 16 on 1024 / 768 views), so every token count
     matches the full-size model.
     """
-    lang: dict[str, Any] = {
-        "architectures": ["DeepseekV2ForCausalLM"],
-        "auto_map": {
-            "AutoConfig": "configuration_deepseekv2.DeepseekV2Config",
-            "AutoModel": "modeling_deepseek.DeepseekV2Model",
-            "AutoModelForCausalLM": "modeling_deepseek.DeepseekV2ForCausalLM",
-        },
-        "bos_token_id": 0,
-        "eos_token_id": 1,
-        "first_k_dense_replace": 1,
-        "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
-        "kv_lora_rank": None,
-        "lm_head": True,
-        "max_position_embeddings": max_positions,
-        "moe_intermediate_size": hidden_size // 2,
-        "n_group": 1,
-        "n_routed_experts": experts,
-        "n_shared_experts": 1,
-        "num_attention_heads": heads,
-        "num_experts_per_tok": 2,
-        "num_hidden_layers": layers,
-        "num_key_value_heads": heads,
-        "q_lora_rank": None,
-        "qk_nope_head_dim": 0,
-        "qk_rope_head_dim": 0,
-        "rm_head": False,
-        "topk_group": 1,
-        "topk_method": "greedy",
-        "torch_dtype": "float32",
-        "use_mla": False,
-        "v_head_dim": 0,
-        "vocab_size": vocab_size,
-    }
+    lang = published_language_config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        layers=layers,
+        heads=heads,
+        experts=experts,
+        max_positions=max_positions,
+    )
     config: dict[str, Any] = {
         "_name_or_path": "tiny-random/DeepSeek-OCR-2",
         "candidate_resolutions": [[1024, 1024]],
