@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -568,7 +569,8 @@ def test_lazy_load_never_holds_more_than_a_chunk_of_page_images(tmp_path, monkey
     assert count == 30
     assert len(refs) == 30
     assert engine.sizes == [4] * 7 + [2]
-    assert alive_max <= 4
+    # the chunk on the engine, the next chunk read ahead, and the page being rendered
+    assert alive_max <= 4 + 4 + 1
 
 
 @pytest.mark.parametrize("window", [1, 3])
@@ -622,7 +624,9 @@ def test_closing_the_lazy_iterator_stops_rendering(tmp_path, monkeypatch):
     docs = DeepSeekOCRLoader(pdf, engine=engine).lazy_load()
     next(docs)
     docs.close()
-    assert len(rendered) == 4
+    # the first chunk, the chunk read ahead, the page being rendered -- and then no more
+    assert len(rendered) <= 4 + 4 + 1
+    assert not any(t.name == "deepseek-ocr-read-ahead" for t in threading.enumerate())
     assert len(engine.calls) == 1
 
 
@@ -998,3 +1002,32 @@ def test_result_documents_round_trip_through_ocr_results(corpus):
     via_helper = [d for r in results for d in result_to_documents(r, total_pages=3)]
     via_loader = DeepSeekOCRLoader(corpus / "doc.pdf", engine=ScriptedEngine(TABLE)).load()
     assert via_helper == via_loader
+
+
+def test_lazy_load_reads_the_next_chunk_while_the_engine_works(tmp_path):
+    """Sync lazy_load: chunk k+1 is rendered and prefetched while chunk k is on the engine."""
+    from langchain_deepseek_ocr.testing._hostile import make_pdf
+
+    seen: list[int] = []
+    next_chunk_ready = threading.Event()
+    waits: list[bool] = []
+
+    class Prefetching(ScriptedEngine):
+        def prefetch(self, requests):
+            seen.extend(r.page for r in requests)
+            if 5 in seen:
+                next_chunk_ready.set()
+
+        def generate(self, requests, **kwargs):
+            if requests[0].page == 0:
+                waits.append(next_chunk_ready.wait(10))
+            return super().generate(requests, **kwargs)
+
+    path = tmp_path / "seven.pdf"
+    path.write_bytes(make_pdf([(100 + i, 200) for i in range(7)]))
+    engine = Prefetching("text", batch_size=3)
+    docs = list(DeepSeekOCRLoader(str(path), engine=engine).lazy_load())
+    assert waits == [True]  # pages 3-5 were read while pages 0-2 were on the engine
+    assert [d.metadata["page"] for d in docs] == list(range(7))
+    assert [[r.page for r in call] for call in engine.calls] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert sorted(seen) == list(range(7))

@@ -15,6 +15,7 @@ import contextlib
 import glob as _glob
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from langchain_deepseek_ocr._errors import (
 )
 from langchain_deepseek_ocr._facade import DeepSeekOCR
 from langchain_deepseek_ocr._inputs import InputLimits, PageImage, count_pages, iter_page_results
+from langchain_deepseek_ocr._preprocess import read_ahead
 from langchain_deepseek_ocr._recovery import RecoveryPolicy
 from langchain_deepseek_ocr._result import OCRResult
 from langchain_deepseek_ocr._tasks import (
@@ -190,6 +192,7 @@ class _Progress:
 
     def __init__(self, enabled: bool) -> None:
         self.bar: Any = None
+        self._lock = threading.Lock()  # the total grows in the reader thread
         if enabled:
             from tqdm.auto import tqdm
 
@@ -197,12 +200,14 @@ class _Progress:
 
     def grow(self, pages: int) -> None:
         if self.bar is not None:
-            self.bar.total += pages
-            self.bar.refresh()
+            with self._lock:
+                self.bar.total += pages
+                self.bar.refresh()
 
     def step(self) -> None:
         if self.bar is not None:
-            self.bar.update(1)
+            with self._lock:
+                self.bar.update(1)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -398,19 +403,33 @@ class PagePipeline:
 
     # -- drivers -------------------------------------------------------------------------
 
+    def _prefetched(self, items: Iterator[_Item]) -> Iterator[_Item]:
+        """The items, each page handed to the engine's ``prefetch`` (if any) as it is read."""
+        prefetch = getattr(self.ocr.engine, "prefetch", None)
+        for item in items:
+            if item.request is not None and callable(prefetch):
+                prefetch([item.request])
+            yield item
+
     def run(self, files: Iterable[PipelineInput]) -> Iterator[Document]:
-        """OCR ``files`` lazily: one engine call per chunk, Documents as chunks finish."""
+        """OCR ``files`` lazily: one engine call per chunk, Documents as chunks finish.
+
+        The next chunk's pages are read (rendered, and prefetched by an engine that can) in
+        a background thread while the engine works on the current chunk; at most one
+        chunk's worth of pages waits, so memory does not grow with the input.
+        """
         progress = _Progress(self.show_progress)
         items = self._entries(files, progress)
-        chunks = self._chunks(items)
+        ahead = read_ahead(self._prefetched(items), self.batch_size)
+        chunks = self._chunks(ahead)
         state: dict[str, Any] = {}
         try:
             for chunk in chunks:
                 yield from self._documents(chunk, self._run(chunk), progress, state)
-                del chunk  # free its page images before the next chunk is rendered
+                del chunk  # free its page images as soon as its Documents are out
         finally:
             chunks.close()
-            items.close()
+            ahead.close()  # stops the reader thread (which closes the page stream)
             progress.close()
 
     @staticmethod
