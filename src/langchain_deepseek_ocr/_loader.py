@@ -258,6 +258,51 @@ class PagePipeline:
         self.show_progress = show_progress
         self.max_concurrency = max_concurrency
 
+    @classmethod
+    def from_options(
+        cls,
+        engine: OCREngine | DeepSeekOCR | None,
+        *,
+        mode: DocumentMode,
+        task: OCRTask | str | None,
+        resolution: Resolution | str | None,
+        pages: Sequence[int] | None,
+        on_error: OnError,
+        limits: InputLimits | None,
+        recovery: RecoveryPolicy | None,
+        pages_delimiter: str,
+        max_concurrency: int,
+        batch_size: int | None,
+        engine_kwargs: Mapping[str, Any],
+        show_progress: bool = False,
+    ) -> PagePipeline:
+        """The pipeline behind a loader or parser, its options checked (one place for both)."""
+        check_choice("mode", mode, _MODES)
+        check_choice("on_error", on_error, _ON_ERROR)
+        check_positive("max_concurrency", max_concurrency)
+        check_positive("batch_size", batch_size)
+        engine_kwargs = dict(engine_kwargs)
+        if engine is None and batch_size is not None:
+            engine_kwargs.setdefault("batch_size", batch_size)
+        ocr = make_ocr(
+            engine,
+            task=task,
+            resolution=resolution,
+            limits=limits,
+            recovery=recovery,
+            engine_kwargs=engine_kwargs,
+        )
+        return cls(
+            ocr,
+            mode=mode,
+            pages=check_pages(pages),
+            on_error=on_error,
+            pages_delimiter=pages_delimiter,
+            show_progress=show_progress,
+            max_concurrency=max_concurrency,
+            batch_size=batch_size,
+        )
+
     @property
     def batch_size(self) -> int:
         """Pages per engine call: the given one, else the engine's (8 when it has none)."""
@@ -602,10 +647,6 @@ class DeepSeekOCRLoader(BaseLoader):
         batch_size: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        check_choice("mode", mode, _MODES)
-        check_choice("on_error", on_error, _ON_ERROR)
-        check_positive("max_concurrency", max_concurrency)
-        check_positive("batch_size", batch_size)
         if isinstance(file_path, (str, os.PathLike)):
             paths: list[str | os.PathLike[str]] = [file_path]
         else:
@@ -616,26 +657,22 @@ class DeepSeekOCRLoader(BaseLoader):
                     raise ConfigurationError(msg)
         self.file_paths = paths
         self.glob = glob
-        if engine is None and batch_size is not None:
-            engine_kwargs.setdefault("batch_size", batch_size)
-        self.ocr = make_ocr(
+        self._pipeline = PagePipeline.from_options(
             engine,
+            mode=mode,
             task=task,
             resolution=resolution,
+            pages=pages,
+            on_error=on_error,
             limits=limits,
             recovery=recovery,
-            engine_kwargs=engine_kwargs,
-        )
-        self._pipeline = PagePipeline(
-            self.ocr,
-            mode=mode,
-            pages=check_pages(pages),
-            on_error=on_error,
             pages_delimiter=pages_delimiter,
-            show_progress=show_progress,
             max_concurrency=max_concurrency,
             batch_size=batch_size,
+            engine_kwargs=engine_kwargs,
+            show_progress=show_progress,
         )
+        self.ocr = self._pipeline.ocr
 
     @property
     def mode(self) -> DocumentMode:

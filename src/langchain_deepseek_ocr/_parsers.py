@@ -32,8 +32,6 @@ from langchain_deepseek_ocr._loader import (
     PagePipeline,
     PipelineInput,
     check_choice,
-    check_pages,
-    check_positive,
     make_ocr,
 )
 from langchain_deepseek_ocr._recovery import RecoveryPolicy
@@ -144,29 +142,21 @@ class DeepSeekOCRParser(BaseBlobParser):
         batch_size: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        check_choice("mode", mode, ("page", "single", "elements"))
-        check_choice("on_error", on_error, ("raise", "skip", "record"))
-        check_positive("max_concurrency", max_concurrency)
-        check_positive("batch_size", batch_size)
-        if engine is None and batch_size is not None:
-            engine_kwargs.setdefault("batch_size", batch_size)
-        self.ocr = make_ocr(
+        self._pipeline = PagePipeline.from_options(
             engine,
+            mode=mode,
             task=task,
             resolution=resolution,
+            pages=pages,
+            on_error=on_error,
             limits=limits,
             recovery=recovery,
-            engine_kwargs=engine_kwargs,
-        )
-        self._pipeline = PagePipeline(
-            self.ocr,
-            mode=mode,
-            pages=check_pages(pages),
-            on_error=on_error,
             pages_delimiter=pages_delimiter,
             max_concurrency=max_concurrency,
             batch_size=batch_size,
+            engine_kwargs=engine_kwargs,
         )
+        self.ocr = self._pipeline.ocr
 
     @property
     def mode(self) -> DocumentMode:
