@@ -74,7 +74,7 @@ from langchain_deepseek_ocr._errors import (
 )
 from langchain_deepseek_ocr._ngram import NGramGuard
 from langchain_deepseek_ocr._parse import BOS, EOS, PAD, strip_special
-from langchain_deepseek_ocr._preprocess import _candidate_grids, count_image_tokens, select_grid
+from langchain_deepseek_ocr._preprocess import count_image_tokens
 from langchain_deepseek_ocr._tasks import (
     IMAGE_TOKEN,
     ModelFamily,
@@ -195,26 +195,6 @@ def _encode_image(image: Image.Image, fmt: str, quality: int) -> str:
         image.save(buffer, "PNG", compress_level=1)
         mime = "image/png"
     return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def _always_tiled_tokens(width: int, height: int, spec: ResolutionSpec) -> int:
-    """Image tokens when every page is tiled (Ollama), following DeepSeek's v1 layout."""
-    grid = select_grid(width, height, spec)
-    if grid is None:  # a small page: Ollama tiles it anyway, with the same grid rule
-        aspect, area = width / height, width * height
-        best_diff, grid = float("inf"), (1, 1)
-        for cols, rows in _candidate_grids(spec.min_tiles, spec.max_tiles):
-            diff = abs(aspect - cols / rows)
-            if diff < best_diff:
-                best_diff, grid = diff, (cols, rows)
-            elif diff == best_diff and area > 0.5 * spec.image_size**2 * cols * rows:
-                grid = (cols, rows)
-    q = spec.queries(spec.base_size)
-    t = spec.queries(spec.image_size)
-    cols, rows = grid
-    if spec.family is ModelFamily.V1:
-        return q * (q + 1) + 1 + (rows * t) * (cols * t + 1)
-    return q * q + 1 + t * t * cols * rows
 
 
 class _SpecialStripper:
@@ -1176,9 +1156,8 @@ class OpenAIEngine:
 
     def _vision_tokens(self, width: int, height: int) -> int:
         spec = self._spec()
-        if self._kind == "ollama":
-            return _always_tiled_tokens(width, height, spec)
-        return count_image_tokens(width, height, spec)
+        # Ollama tiles every page, even small ones
+        return count_image_tokens(width, height, spec, always_tile=self._kind == "ollama")
 
     def _guard_ids(self, guard: NGramGuard) -> list[int]:
         if self._whitelist_ids is not None:

@@ -86,9 +86,17 @@ def _candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], .
     return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
 
 
-def select_grid(width: int, height: int, spec: ResolutionSpec) -> tuple[int, int] | None:
-    """The ``(columns, rows)`` tile grid for a page, or ``None`` when it is not tiled."""
-    if not spec.crop or (width <= spec.image_size and height <= spec.image_size):
+def select_grid(
+    width: int, height: int, spec: ResolutionSpec, *, always_tile: bool = False
+) -> tuple[int, int] | None:
+    """The ``(columns, rows)`` tile grid for a page, or ``None`` when it is not tiled.
+
+    ``always_tile`` tiles small pages too (as Ollama's implementation does), with the same
+    grid rule.
+    """
+    if not spec.crop:
+        return None
+    if not always_tile and width <= spec.image_size and height <= spec.image_size:
         return None
     aspect = width / height
     area = width * height
@@ -109,9 +117,14 @@ def global_side(spec: ResolutionSpec) -> int:
     return spec.base_size if spec.crop else spec.image_size
 
 
-def count_image_tokens(width: int, height: int, spec: ResolutionSpec) -> int:
-    """How many ``<image>`` placeholders a ``width`` x ``height`` page needs in this mode."""
-    grid = select_grid(width, height, spec)
+def count_image_tokens(
+    width: int, height: int, spec: ResolutionSpec, *, always_tile: bool = False
+) -> int:
+    """How many ``<image>`` placeholders a ``width`` x ``height`` page needs in this mode.
+
+    ``always_tile``: small pages are tiled too (see :func:`select_grid`).
+    """
+    grid = select_grid(width, height, spec, always_tile=always_tile)
     q = spec.queries(global_side(spec))
     t = spec.queries(spec.image_size)
     if spec.family is ModelFamily.V1:
