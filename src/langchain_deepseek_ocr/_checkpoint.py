@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -371,6 +372,38 @@ class LoadedModel:
     max_positions: int
 
 
+def special_tokens(tok: Any, config_value: Callable[[str], Any], source: str) -> SpecialTokens:
+    """The engine's special ids: from the tokenizer, else the config, else DeepSeek's.
+
+    Args:
+        tok: A ``tokenizers.Tokenizer``.
+        config_value: Looks up ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` in the
+            checkpoint's config (``None`` when absent).
+        source: What errors name.
+
+    Raises:
+        ModelLoadError: the tokenizer has no ``<image>`` token.
+    """
+    image = tok.token_to_id(IMAGE_TEXT)
+    if image is None:
+        raise ModelLoadError("the tokenizer has no <image> token", source=source)
+
+    def pick(text: str, key: str, default: int) -> int:
+        tid = tok.token_to_id(text)
+        if tid is not None:
+            return int(tid)
+        value = config_value(key)
+        return int(value) if isinstance(value, int) else default
+
+    eos = pick(EOS_TEXT, "eos_token_id", 1)
+    return SpecialTokens(
+        bos=pick(BOS_TEXT, "bos_token_id", 0),
+        eos=eos,
+        pad=pick(PAD_TEXT, "pad_token_id", eos),
+        image=int(image),
+    )
+
+
 def _load_tokenizer(folder: Path, config: dict[str, Any]) -> tuple[Any, SpecialTokens]:
     from tokenizers import Tokenizer
 
@@ -382,21 +415,7 @@ def _load_tokenizer(folder: Path, config: dict[str, Any]) -> tuple[Any, SpecialT
     except Exception as exc:
         raise ModelLoadError(f"cannot read tokenizer.json: {exc}", source=str(folder)) from exc
     text_cfg = config.get("text_config") or config.get("language_config") or {}
-
-    def pick(text: str, key: str, default: int | None) -> int | None:
-        tid = tok.token_to_id(text)
-        if tid is not None:
-            return tid
-        val = config.get(key, text_cfg.get(key))
-        return val if isinstance(val, int) else default
-
-    image = tok.token_to_id(IMAGE_TEXT)
-    if image is None:
-        raise ModelLoadError("the tokenizer has no <image> token", source=str(folder))
-    bos = pick(BOS_TEXT, "bos_token_id", 0)
-    eos = pick(EOS_TEXT, "eos_token_id", 1)
-    pad = pick(PAD_TEXT, "pad_token_id", eos)
-    return tok, SpecialTokens(bos=int(bos), eos=int(eos), pad=int(pad), image=int(image))
+    return tok, special_tokens(tok, lambda key: config.get(key, text_cfg.get(key)), str(folder))
 
 
 def load_model(

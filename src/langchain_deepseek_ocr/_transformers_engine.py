@@ -39,14 +39,15 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain_deepseek_ocr._checkpoint import (
     DEFAULT_MODEL,
     LoadedModel,
-    SpecialTokens,
     load_model,
+    special_tokens,
 )
 from langchain_deepseek_ocr._engine import EngineOutput, EngineResult, OCRRequest, TokenCallback
 from langchain_deepseek_ocr._errors import (
@@ -57,9 +58,6 @@ from langchain_deepseek_ocr._errors import (
     ModelLoadError,
 )
 from langchain_deepseek_ocr._ngram import NGramGuard, banned_tokens
-from langchain_deepseek_ocr._parse import BOS as BOS_TEXT
-from langchain_deepseek_ocr._parse import EOS as EOS_TEXT
-from langchain_deepseek_ocr._parse import PAD as PAD_TEXT
 from langchain_deepseek_ocr._parse import strip_special
 from langchain_deepseek_ocr._preprocess import (
     PixelBatch,
@@ -481,7 +479,8 @@ class TransformersEngine:
                 for item, result in zip(batch, outputs, strict=True):
                     results[item.index] = result
                     item.prepared = None  # the page's pixels are no longer needed
-        return [r for r in results if r is not None]
+        assert all(r is not None for r in results)  # every request was planned or failed
+        return cast("list[EngineResult]", results)
 
     async def agenerate(
         self,
@@ -641,9 +640,10 @@ class TransformersEngine:
         if self.preprocess_workers < 1:
             for batch in batches:
                 try:
-                    yield batch, self._stage(batch, loaded)
+                    staged: _Staged | BaseException = self._stage(batch, loaded)
                 except Exception as exc:
-                    yield batch, exc
+                    staged = exc.with_traceback(None)  # keep no frames (or their tensors)
+                yield batch, staged
             return
         stager = self._stager_pool()
         pending: deque[tuple[list[_Item], Future[_Staged]]] = deque()
@@ -658,11 +658,10 @@ class TransformersEngine:
         try:
             while pending:
                 batch, future = pending.popleft()
-                staged: _Staged | BaseException
                 try:
                     staged = future.result()
                 except Exception as exc:
-                    staged = exc
+                    staged = exc.with_traceback(None)  # keep no frames (or their tensors)
                 del future
                 submit_next()  # stage batch k+1 while batch k generates
                 yield batch, staged
@@ -786,12 +785,13 @@ class TransformersEngine:
         except DeepSeekOCRError as exc:
             return [exc] * len(batch)
         except Exception as exc:
-            if len(batch) > 1:
-                # One page (or the batch's memory) failed: retry the pages on their own.
-                staged.pixels = None
-                _free_memory()
-                return [r for item in batch for r in self._run_one(item, loaded, on_token)]
-            return [_generation_error(batch[0], exc)]
+            if len(batch) == 1:
+                return [_generation_error(batch[0], exc)]
+        # One page (or the batch's memory) failed: retry the pages on their own -- outside
+        # the except block, so the failed call's frames (inputs, KV cache) are freed first.
+        staged.pixels = None
+        _free_memory()
+        return [r for item in batch for r in self._run_one(item, loaded, on_token)]
 
     def _stopped_error(self, item: _Item) -> EngineTimeoutError:
         return EngineTimeoutError(
@@ -875,8 +875,10 @@ class TransformersEngine:
         criteria = StoppingCriteriaList([_StopCriterion(control)])
         if len(set(limits)) > 1:
             criteria.append(_RowLimits(width, limits, device))
-        streamer = _Streamer(
-            loaded.tokenizer, [it.index for it in batch], on_token, special, limits
+        streamer = (
+            _Streamer(loaded.tokenizer, [it.index for it in batch], on_token, special, limits)
+            if on_token is not None
+            else None
         )
         start = time.perf_counter()
         views = len(batch) + sum(pixels.num_local_patches)
@@ -905,7 +907,7 @@ class TransformersEngine:
                 eos_token_id=special.eos,
                 pad_token_id=special.pad,
                 bos_token_id=special.bos,
-                streamer=streamer if on_token else None,
+                streamer=streamer,
                 use_cache=True,
             )
         seconds = time.perf_counter() - start
@@ -950,9 +952,14 @@ def _generation_error(item: _Item, exc: BaseException) -> DeepSeekOCRError:
 
 def _takes_encoder_outputs(net: Any) -> bool:
     """Whether ``generate`` accepts pre-computed image features (transformers >= 5.2x)."""
+    return _class_takes_encoder_outputs(type(net))
+
+
+@lru_cache(maxsize=8)
+def _class_takes_encoder_outputs(cls: type) -> bool:
     try:
-        return "mm_encoder_outputs" in inspect.signature(net.forward).parameters and hasattr(
-            net, "get_image_features"
+        return "mm_encoder_outputs" in inspect.signature(cls.forward).parameters and hasattr(
+            cls, "get_image_features"
         )
     except (TypeError, ValueError):
         return False
@@ -976,28 +983,13 @@ def _wrap_model(model: Any, tokenizer: Any, name: str) -> LoadedModel:
         if not callable(getattr(tokenizer, method, None)):
             raise ModelLoadError(f"the tokenizer lacks {method}(); pass a tokenizers.Tokenizer")
     text_cfg = config.text_config
-    image = tokenizer.token_to_id(IMAGE_TOKEN)
-    if image is None or int(image) != int(config.image_token_id):
+    special = special_tokens(tokenizer, lambda key: getattr(text_cfg, key, None), name)
+    if special.image != int(config.image_token_id):
         raise ModelLoadError(
-            f"the tokenizer's <image> id ({image}) is not the config's image_token_id "
+            f"the tokenizer's <image> id ({special.image}) is not the config's image_token_id "
             f"({config.image_token_id})",
             source=name,
         )
-
-    def pick(text: str, key: str, default: int) -> int:
-        tid = tokenizer.token_to_id(text)
-        if tid is not None:
-            return int(tid)
-        value = getattr(text_cfg, key, None)
-        return int(value) if isinstance(value, int) else default
-
-    eos = pick(EOS_TEXT, "eos_token_id", 1)
-    special = SpecialTokens(
-        bos=pick(BOS_TEXT, "bos_token_id", 0),
-        eos=eos,
-        pad=pick(PAD_TEXT, "pad_token_id", eos),
-        image=int(image),
-    )
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(
@@ -1105,7 +1097,7 @@ class _Streamer:
         self,
         tokenizer: Any,
         indices: list[int],
-        on_token: TokenCallback | None,
+        on_token: TokenCallback,
         special: Any,
         limits: Sequence[int],
     ):
@@ -1123,8 +1115,6 @@ class _Streamer:
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # the first call carries the prompt
             self.prompt_seen = True
-            return
-        if self.on_token is None:
             return
         column = value.reshape(-1).tolist()
         for row, token in enumerate(column):
@@ -1150,7 +1140,7 @@ class _Streamer:
         if text.endswith("\n"):
             self.start[row] = len(self.ids[row])
             self.sent[row] = 0
-        if piece and self.on_token is not None:
+        if piece:
             self.on_token(self.indices[row], piece)
 
     def _finish(self, row: int) -> None:
@@ -1163,8 +1153,6 @@ class _Streamer:
             )
 
     def end(self) -> None:
-        if self.on_token is None:
-            return
         for row, done in enumerate(self.finished):
             if not done:
                 self._finish(row)
