@@ -317,10 +317,11 @@ class PagePipeline:
         if self.pages is None:
             return None
         try:
-            single = count_pages(file.obj, limits=self.ocr.limits) == 1 and not _looks_like_pdf(
-                file.obj
+            # a PDF always takes ``pages``; only other files are counted (no PDF parsed twice)
+            single = (
+                not _looks_like_pdf(file.obj) and count_pages(file.obj, limits=self.ocr.limits) == 1
             )
-        except (DeepSeekOCRError, OSError, TypeError):
+        except (DeepSeekOCRError, OSError, TypeError, ValueError):
             return list(self.pages)  # reading will report what is wrong with the file
         return None if single else list(self.pages)
 
