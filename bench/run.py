@@ -40,7 +40,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SAMPLES = ROOT.parent / "shared" / "samples" / "outputs.jsonl"
 A4 = (1191, 1684)
-MARKDOWN_PROMPT = "<|grounding|>Convert the document to markdown."
 
 Row = tuple[str, str]
 
@@ -235,6 +234,7 @@ def bench_parse(rows: list[Row], rounds: int) -> None:
     from langchain_deepseek_ocr._engine import EngineOutput, OCRRequest
     from langchain_deepseek_ocr._facade import build_result
     from langchain_deepseek_ocr._parse import parse_output
+    from langchain_deepseek_ocr._tasks import build_prompt
 
     if SAMPLES.is_file():
         samples = [json.loads(x) for x in SAMPLES.read_text("utf-8").splitlines() if x.strip()]
@@ -257,7 +257,7 @@ def bench_parse(rows: list[Row], rounds: int) -> None:
                 resolution="gundam",
                 model="m",
             ),
-            OCRRequest(image=image.resize(size), prompt=MARKDOWN_PROMPT),
+            OCRRequest(image=image.resize(size), prompt=build_prompt("markdown")),
         )
         for raw, size in raws
     ]
