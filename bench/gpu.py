@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The published deepseek-ai/DeepSeek-OCR config.json (v1), as downloaded: the sizes that
 # matter for speed and memory (the shared reference copy does not travel to GPU machines).
+# Its vision_config is the package's PUBLISHED_V1_VISION_CONFIG (added in v1_config).
 V1_PUBLISHED_CONFIG: dict[str, Any] = {
     "_name_or_path": "deepseek-ai/DeepSeek-OCR",
     "candidate_resolutions": [[1024, 1024]],
@@ -89,64 +90,6 @@ V1_PUBLISHED_CONFIG: dict[str, Any] = {
     },
     "tile_tag": "2D",
     "torch_dtype": "bfloat16",
-    "vision_config": {
-        "image_size": 1024,
-        "mlp_ratio": 3.7362,
-        "model_name": "deeplip_b_l",
-        "model_type": "vision",
-        "width": {
-            "clip-l-14-224": {
-                "heads": 16,
-                "image_size": 224,
-                "layers": 24,
-                "patch_size": 14,
-                "width": 1024,
-            },
-            "sam_vit_b": {
-                "downsample_channels": [512, 1024],
-                "global_attn_indexes": [2, 5, 8, 11],
-                "heads": 12,
-                "layers": 12,
-                "width": 768,
-            },
-        },
-    },
-}
-
-# DeepSeek-OCR-2: the v1 decoder (12 layers, 1280 wide, 64+2 experts, top-6), SAM ViT-B
-# with a 896-wide neck, and a Qwen2-0.5B-shaped encoder (24 layers, 896, 14 heads, 2 KV).
-V2_TEXT = {
-    "vocab_size": 129280,
-    "hidden_size": 1280,
-    "intermediate_size": 6848,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 10,
-    "num_key_value_heads": 10,
-    "mlp_layer_types": ["dense"] + ["sparse"] * 11,
-    "n_routed_experts": 64,
-    "n_shared_experts": 2,
-    "num_experts_per_tok": 6,
-    "moe_intermediate_size": 896,
-    "max_position_embeddings": 8192,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-    "pad_token_id": 2,
-}
-V2_SAM = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "global_attn_indexes": [2, 5, 8, 11],
-    "downsample_channels": [512, 896],
-}
-V2_ENCODER = {
-    "hidden_size": 896,
-    "intermediate_size": 4864,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32768,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
 }
 
 IMAGE_TOKEN_ID = 128815
@@ -191,80 +134,79 @@ def _import_package() -> types.ModuleType:
 
 _import_package()
 
-from langchain_deepseek_ocr._checkpoint import translate_v1_config  # noqa: E402
+from langchain_deepseek_ocr._checkpoint import (  # noqa: E402
+    translate_v1_config,
+    translate_v2_config,
+)
 from langchain_deepseek_ocr._engine import EngineOutput, OCRRequest  # noqa: E402
 from langchain_deepseek_ocr._tasks import Resolution, build_prompt  # noqa: E402
 from langchain_deepseek_ocr._transformers_engine import (  # noqa: E402
     TransformersEngine,
     _quiet_transformers,
 )
+from langchain_deepseek_ocr.testing._vllm import (  # noqa: E402
+    PUBLISHED_V1_VISION_CONFIG,
+    PUBLISHED_V2_VISION_CONFIG,
+    build_real_vocab_tokenizer,
+)
 
 # -- models --------------------------------------------------------------------------------
+
+
+def _shrink_language(config: dict[str, Any]) -> None:
+    """The smoke run's decoder: the published layout, tiny sizes."""
+    config["language_config"].update(
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    )
+    config["projector_config"]["n_embed"] = 64
 
 
 def v1_config(*, smoke: bool) -> Any:
     """The v1 ``UnlimitedOcrConfig``: published sizes, or shrunk for the CPU smoke run."""
     config = copy.deepcopy(V1_PUBLISHED_CONFIG)
+    config["vision_config"] = copy.deepcopy(PUBLISHED_V1_VISION_CONFIG)
     if smoke:
-        lang = config["language_config"]
-        lang.update(
-            hidden_size=64,
-            intermediate_size=128,
-            moe_intermediate_size=32,
-            n_routed_experts=8,
-            num_experts_per_tok=2,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-        )
+        _shrink_language(config)
         widths = config["vision_config"]["width"]
         widths["clip-l-14-224"].update(heads=2, layers=2, width=32)
         widths["sam_vit_b"].update(
             downsample_channels=[16, 32], global_attn_indexes=[1], heads=2, layers=2, width=32
         )
-        config["projector_config"].update(input_dim=64, n_embed=64)
+        config["projector_config"]["input_dim"] = 64
     return translate_v1_config(config, image_token_id=IMAGE_TOKEN_ID)
 
 
 def v2_config(*, smoke: bool) -> Any:
-    """The v2 ``DeepseekOcr2Config``: DeepSeek-OCR-2's sizes, or shrunk for the smoke run."""
-    from transformers import DeepseekOcr2Config
+    """The v2 ``DeepseekOcr2Config``: DeepSeek-OCR-2's sizes, or shrunk for the smoke run.
 
-    text, sam, encoder = dict(V2_TEXT), dict(V2_SAM), dict(V2_ENCODER)
+    DeepSeek-OCR-2 publishes v1's decoder with its own vision config; the model is built
+    from that through the loader's own translation (encoder sizes DeepSeek's code fixes).
+    """
+    config = copy.deepcopy(V1_PUBLISHED_CONFIG)
+    config["architectures"] = ["DeepseekOCR2ForCausalLM"]
+    config["vision_config"] = copy.deepcopy(PUBLISHED_V2_VISION_CONFIG)
+    config["projector_config"]["input_dim"] = 896
     if smoke:
-        text.update(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            mlp_layer_types=["dense", "sparse"],
-            n_routed_experts=8,
-            num_experts_per_tok=2,
-            moe_intermediate_size=32,
-        )
-        sam.update(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            global_attn_indexes=[1],
+        _shrink_language(config)
+        widths = config["vision_config"]["width"]
+        widths["sam_vit_b"].update(
             downsample_channels=[16, 32],
+            global_attn_indexes=[1],
+            heads=2,
+            layers=2,
+            width=32,
             output_channels=16,
         )
-        encoder.update(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-        )
-    return DeepseekOcr2Config(
-        vision_config={"sam_config": sam, "encoder_config": encoder},
-        text_config=text,
-        image_token_id=IMAGE_TOKEN_ID,
-        tie_word_embeddings=False,  # the published checkpoint has its own lm_head
-    )
+        widths["qwen2-0-5b"].update(dim=32, layers=2, heads=2, kv_heads=2, intermediate_size=64)
+        config["projector_config"]["input_dim"] = 32
+    return translate_v2_config(config, image_token_id=IMAGE_TOKEN_ID)
 
 
 def build_model(family: str, *, smoke: bool, device: Any, dtype: Any, seed: int = 0) -> Any:
@@ -295,10 +237,6 @@ def build_model(family: str, *, smoke: bool, device: Any, dtype: Any, seed: int 
 
 def real_vocab_tokenizer(folder: Path) -> Any:
     """A tokenizer with the real vocabulary size and special-token ids."""
-    try:
-        from langchain_deepseek_ocr.testing._vllm import build_real_vocab_tokenizer
-    except ImportError:  # pragma: no cover - the helper lives in the package's testing module
-        raise SystemExit("langchain_deepseek_ocr.testing._vllm is missing") from None
     tok = build_real_vocab_tokenizer(folder)
     assert tok.get_vocab_size() == 129280
     assert tok.token_to_id("<image>") == IMAGE_TOKEN_ID

@@ -225,7 +225,7 @@ def build_real_vocab_tokenizer(folder: Path | str) -> Any:
 
 # --------------------------------------------------------------------------- checkpoint
 
-_V1_VISION_CONFIG: dict[str, Any] = {
+PUBLISHED_V1_VISION_CONFIG: dict[str, Any] = {
     "model_type": "vision",
     "model_name": "deeplip_b_l",
     "image_size": 1024,
@@ -249,7 +249,7 @@ _V1_VISION_CONFIG: dict[str, Any] = {
 }
 """The published v1 vision config: full size, because vLLM builds full-size towers anyway."""
 
-_V2_VISION_CONFIG: dict[str, Any] = {
+PUBLISHED_V2_VISION_CONFIG: dict[str, Any] = {
     "image_size": 1024,
     "mlp_ratio": 3.7362,
     "model_name": "deepencoderv2",
@@ -450,7 +450,9 @@ def vllm_checkpoint_config(
         "candidate_resolutions": [[1024, 1024]],
         "global_view_pos": "head",
         "tile_tag": "2D",
-        "vision_config": json.loads(json.dumps(_V1_VISION_CONFIG if v1 else _V2_VISION_CONFIG)),
+        "vision_config": json.loads(
+            json.dumps(PUBLISHED_V1_VISION_CONFIG if v1 else PUBLISHED_V2_VISION_CONFIG)
+        ),
         "projector_config": {
             "model_type": "mlp_projector",
             "projector_type": "linear",
