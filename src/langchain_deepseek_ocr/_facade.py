@@ -12,7 +12,7 @@ from langchain_deepseek_ocr._engine import EngineOutput, OCREngine, OCRRequest
 from langchain_deepseek_ocr._errors import ConfigurationError, DeepSeekOCRError
 from langchain_deepseek_ocr._inputs import InputLimits, PageImage, iter_page_results, load_image
 from langchain_deepseek_ocr._parse import parse_output
-from langchain_deepseek_ocr._preprocess import read_ahead
+from langchain_deepseek_ocr._preprocess import prefetch_ahead
 from langchain_deepseek_ocr._recovery import RecoveryPolicy, attempt_of, merge_attempt
 from langchain_deepseek_ocr._result import OCRResult
 from langchain_deepseek_ocr._tasks import (
@@ -444,22 +444,21 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
         one chunk waits, so memory does not grow with the document.
         """
         options = _call_options(kwargs)
-        size = chunk_size or getattr(self.engine, "batch_size", 8)
+        size = chunk_size or engine_batch_size(self.engine)
         page_list = list(pages) if pages is not None else None
-        prefetch = getattr(self.engine, "prefetch", None)
 
-        def produce() -> Iterator[tuple[PageImage, OCRRequest] | DeepSeekOCRError]:
+        def entries() -> Iterator[tuple[PageImage, OCRRequest] | DeepSeekOCRError]:
             for item in iter_page_results(source, pages=page_list, limits=self.limits):
                 if isinstance(item, DeepSeekOCRError):
                     yield item
-                    continue
-                request = self._request(item, options)
-                if callable(prefetch):
-                    prefetch([request])
-                yield item, request
+                else:
+                    yield item, self._request(item, options)
+
+        def request_of(entry: Any) -> OCRRequest | None:
+            return None if isinstance(entry, DeepSeekOCRError) else entry[1]
 
         chunk: list[tuple[PageImage, OCRRequest]] = []
-        for entry in read_ahead(produce(), size):
+        for entry in prefetch_ahead(entries(), self.engine, request_of, size):
             if isinstance(entry, DeepSeekOCRError):
                 # keep the order: pages before the failing one are answered first
                 yield from self._run_chunk(chunk)
@@ -480,6 +479,11 @@ class DeepSeekOCR(RunnableSerializable[Any, OCRResult]):
         results = self._execute([request for _page, request in chunk])
         for (page_image, _request), result in zip(chunk, results, strict=True):
             yield page_image, result
+
+
+def engine_batch_size(engine: Any) -> int:
+    """Pages per engine call: the engine's ``batch_size``, else 8."""
+    return max(1, int(getattr(engine, "batch_size", 8) or 1))
 
 
 _ENGINE_MEMBERS = (

@@ -38,9 +38,9 @@ from langchain_deepseek_ocr._errors import (
     DeepSeekOCRError,
     InputNotFoundError,
 )
-from langchain_deepseek_ocr._facade import DeepSeekOCR
+from langchain_deepseek_ocr._facade import DeepSeekOCR, engine_batch_size
 from langchain_deepseek_ocr._inputs import InputLimits, PageImage, count_pages, iter_page_results
-from langchain_deepseek_ocr._preprocess import read_ahead
+from langchain_deepseek_ocr._preprocess import prefetch_ahead
 from langchain_deepseek_ocr._recovery import RecoveryPolicy
 from langchain_deepseek_ocr._result import OCRResult
 from langchain_deepseek_ocr._tasks import (
@@ -308,7 +308,7 @@ class PagePipeline:
         """Pages per engine call: the given one, else the engine's (8 when it has none)."""
         if self._batch_size is not None:
             return self._batch_size
-        return max(1, int(getattr(self.ocr.engine, "batch_size", 8) or 1))
+        return engine_batch_size(self.ocr.engine)
 
     # -- the page stream -----------------------------------------------------------------
 
@@ -449,14 +449,6 @@ class PagePipeline:
 
     # -- drivers -------------------------------------------------------------------------
 
-    def _prefetched(self, items: Iterator[_Item]) -> Iterator[_Item]:
-        """The items, each page handed to the engine's ``prefetch`` (if any) as it is read."""
-        prefetch = getattr(self.ocr.engine, "prefetch", None)
-        for item in items:
-            if item.request is not None and callable(prefetch):
-                prefetch([item.request])
-            yield item
-
     def run(self, files: Iterable[PipelineInput]) -> Iterator[Document]:
         """OCR ``files`` lazily: one engine call per chunk, Documents as chunks finish.
 
@@ -466,7 +458,7 @@ class PagePipeline:
         """
         progress = _Progress(self.show_progress)
         items = self._entries(files, progress)
-        ahead = read_ahead(self._prefetched(items), self.batch_size)
+        ahead = prefetch_ahead(items, self.ocr.engine, lambda item: item.request, self.batch_size)
         chunks = self._chunks(ahead)
         state: dict[str, Any] = {}
         try:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -59,6 +59,7 @@ __all__ = [
     "global_side",
     "normalise_pixels",
     "pixel_batch",
+    "prefetch_ahead",
     "prepare_image",
     "read_ahead",
     "select_grid",
@@ -548,6 +549,34 @@ _DONE = object()
 class _Raised:
     def __init__(self, exc: BaseException):
         self.exc = exc
+
+
+def prefetch_ahead(
+    items: Iterable[T], engine: Any, request_of: Callable[[T], Any], ahead: int
+) -> Iterator[T]:
+    """:func:`read_ahead`, handing each page's request to ``engine.prefetch`` as it is read.
+
+    The document paths (``DeepSeekOCR.iter_document``, the loader) use it so the next chunk
+    is rendered -- and, on an engine with a ``prefetch`` method, preprocessed -- while the
+    engine works on the current one.
+
+    Args:
+        items: The page stream (pages and errors, in order).
+        engine: The engine (``prefetch`` is optional).
+        request_of: The item's :class:`~langchain_deepseek_ocr.OCRRequest`, or ``None`` for
+            an item that is not a page (an error, an end of file).
+        ahead: How many items may be read before they are consumed.
+    """
+    prefetch = getattr(engine, "prefetch", None)
+
+    def prefetched() -> Iterator[T]:
+        for item in items:
+            request = request_of(item) if callable(prefetch) else None
+            if request is not None:
+                prefetch([request])  # type: ignore[misc]
+            yield item
+
+    return read_ahead(prefetched(), ahead)
 
 
 def read_ahead(items: Iterable[T], ahead: int) -> Iterator[T]:
