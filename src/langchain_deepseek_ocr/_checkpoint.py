@@ -366,8 +366,6 @@ class LoadedModel:
     model: Any
     tokenizer: Any  # tokenizers.Tokenizer
     family: ModelFamily
-    name: str
-    folder: Path
     special: SpecialTokens
     max_positions: int
 
@@ -506,8 +504,6 @@ def load_model(
         model=net,
         tokenizer=tokenizer,
         family=family,
-        name=os.fspath(model),
-        folder=folder,
         special=special,
         max_positions=int(getattr(text_cfg, "max_position_embeddings", 8192)),
     )

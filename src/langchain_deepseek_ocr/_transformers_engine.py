@@ -40,7 +40,6 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal, cast
 
 from langchain_deepseek_ocr._checkpoint import (
@@ -996,8 +995,6 @@ def _wrap_model(model: Any, tokenizer: Any, name: str) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         family=family,
-        name=name,
-        folder=Path(),
         special=special,
         max_positions=int(getattr(text_cfg, "max_position_embeddings", 8192)),
     )
