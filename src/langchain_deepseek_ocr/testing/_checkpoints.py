@@ -14,23 +14,32 @@ __all__ = [
     "v1_published_config",
 ]
 
-SPECIAL_TOKENS = (
-    "<｜begin▁of▁sentence｜>",
-    "<｜end▁of▁sentence｜>",
-    "<｜▁pad▁｜>",
-    "<image>",
-    "<|ref|>",
-    "<|/ref|>",
-    "<|det|>",
-    "<|/det|>",
-    "<|grounding|>",
-    "<td>",
-    "</td>",
-    "<tr>",
-    "</tr>",
-    "<|User|>",
-    "<|Assistant|>",
+REAL_ADDED_TOKENS: tuple[tuple[int, str, bool], ...] = (
+    (0, "<｜begin▁of▁sentence｜>", True),
+    (1, "<｜end▁of▁sentence｜>", True),
+    (2, "<｜▁pad▁｜>", True),
+    (128815, "<image>", True),
+    (128816, "<|ref|>", True),
+    (128817, "<|/ref|>", True),
+    (128818, "<|det|>", True),
+    (128819, "<|/det|>", True),
+    (128820, "<|grounding|>", True),
+    (128821, "<td>", False),
+    (128822, "</td>", False),
+    (128823, "<tr>", False),
+    (128824, "</tr>", False),
+    (128825, "<|User|>", False),
+    (128826, "<|Assistant|>", False),
 )
+"""``(id, text, special)`` of the real tokenizer's added tokens.
+
+Ids 0-2 and 128815-128822 are verified in upstream code (BOS/EOS, ``<image>``, the n-gram
+whitelist ``<td>``/``</td>``); 128823-128826 follow the reported order of the added-token
+block. ``<td>`` and the tokens after it are added but not special, so
+``skip_special_tokens`` keeps them.
+"""
+
+SPECIAL_TOKENS = tuple(text for _id, text, _special in REAL_ADDED_TOKENS)
 """The tokenizer's special tokens, in the order of the real added-token block."""
 
 _CORPUS = [

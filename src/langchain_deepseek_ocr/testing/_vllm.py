@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langchain_deepseek_ocr.testing._checkpoints import published_language_config
+from langchain_deepseek_ocr.testing._checkpoints import REAL_ADDED_TOKENS, published_language_config
 
 __all__ = [
     "DEFAULT_VLLM_VENV",
@@ -80,30 +80,6 @@ __all__ = [
 REAL_VOCAB_SIZE = 129280
 """The vocabulary size of the published DeepSeek-OCR (v1 and v2) checkpoints."""
 
-REAL_ADDED_TOKENS: tuple[tuple[int, str, bool], ...] = (
-    (0, "<｜begin▁of▁sentence｜>", True),
-    (1, "<｜end▁of▁sentence｜>", True),
-    (2, "<｜▁pad▁｜>", True),
-    (128815, "<image>", True),
-    (128816, "<|ref|>", True),
-    (128817, "<|/ref|>", True),
-    (128818, "<|det|>", True),
-    (128819, "<|/det|>", True),
-    (128820, "<|grounding|>", True),
-    (128821, "<td>", False),
-    (128822, "</td>", False),
-    (128823, "<tr>", False),
-    (128824, "</tr>", False),
-    (128825, "<|User|>", False),
-    (128826, "<|Assistant|>", False),
-)
-"""``(id, text, special)`` of the real tokenizer's added tokens.
-
-Ids 0-2 and 128815-128822 are verified in upstream code (BOS/EOS, ``<image>``, the n-gram
-whitelist ``<td>``/``</td>``); 128823-128826 follow the reported order of the added-token
-block. ``<td>`` and the tokens after it are added but not special, so
-``skip_special_tokens`` keeps them.
-"""
 
 _BYTE_ALPHABET_START = 3
 """Ids 3..258 are the 256 byte-level symbols, in code-point order (``!`` is 3)."""
@@ -1145,13 +1121,10 @@ class ParityReport:
 
 
 def png_data_url(image: Any) -> str:
-    """A lossless ``data:image/png;base64,...`` URL of a PIL image."""
-    import base64
-    import io
+    """A lossless ``data:image/png;base64,...`` URL of a PIL image (as OpenAIEngine sends)."""
+    from langchain_deepseek_ocr._openai_engine import _encode_image
 
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _encode_image(image, "PNG", 0)
 
 
 def vllm_greedy(
