@@ -208,6 +208,43 @@ def test_timeout_and_cancel(tiny_v1_dir):
     assert isinstance(engine.generate([_request((600, 500), max_new_tokens=3)])[0], EngineOutput)
 
 
+def test_cancelling_one_caller_does_not_stop_another(tiny_v1_dir):
+    """Two callers share an engine: an agenerate task cancelled while it waits for the model
+    must not stop the call that is running, and ends in CancelledError itself."""
+    engine = TransformersEngine(str(tiny_v1_dir), device="cpu", max_new_tokens=12)
+    page = _request((600, 500))
+    expected = engine.generate([page])[0]
+    running = threading.Event()
+    other_cancelled = threading.Event()
+
+    def on_token(_i, _t):
+        if not running.is_set():
+            running.set()
+            assert other_cancelled.wait(30)  # hold this call until the other is cancelled
+
+    box: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: box.setdefault("out", engine.generate([page], on_token=on_token)[0])
+    )
+    worker.start()
+    assert running.wait(30)
+
+    async def cancel_a_waiting_call():
+        task = asyncio.create_task(engine.agenerate([page]))
+        await asyncio.sleep(0.2)  # it waits for the model, which the other call holds
+        task.cancel()
+        await asyncio.sleep(0.2)  # the cancellation reaches agenerate, which stops its call
+        other_cancelled.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_a_waiting_call())
+    worker.join(60)
+    out = box["out"]
+    assert isinstance(out, EngineOutput), out  # the running call was not stopped
+    assert out.token_ids == expected.token_ids
+
+
 def test_bad_engine_options():
     with pytest.raises(ConfigurationError):
         TransformersEngine("x", batch_size=0)

@@ -177,6 +177,18 @@ class _Control:
         return self.stopped
 
 
+@dataclass(eq=False)
+class _Call:
+    """One ``generate`` call: its token callback and its own stop flag.
+
+    Each call has its own flag, so cancelling one caller (an ``agenerate`` task, a stream
+    closed early) never stops another caller's pages on the same engine.
+    """
+
+    on_token: TokenCallback | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
 class TransformersEngine:
     """DeepSeek-OCR v1 or v2 running locally through transformers -- no remote code.
 
@@ -284,7 +296,8 @@ class TransformersEngine:
         self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
-        self._cancel = threading.Event()
+        self._calls: set[_Call] = set()  # running and waiting calls (cancel() stops them)
+        self._calls_lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self._workers: ThreadPoolExecutor | None = None
         self._stager: ThreadPoolExecutor | None = None
@@ -402,8 +415,13 @@ class TransformersEngine:
         return str(self._ensure_loaded().model.device)
 
     def cancel(self) -> None:
-        """Stop the running ``generate`` call promptly; its pages end in EngineTimeoutError."""
-        self._cancel.set()
+        """Stop the running (and waiting) ``generate`` calls promptly.
+
+        Their pages end in :class:`EngineTimeoutError`; later calls are not affected.
+        """
+        with self._calls_lock:
+            for call in self._calls:
+                call.stop.set()
 
     def _spec_for(self, resolution: Resolution | None, family: ModelFamily) -> ResolutionSpec:
         return resolution_spec(
@@ -456,6 +474,9 @@ class TransformersEngine:
         Returns:
             One :class:`EngineOutput` or typed error per request, in order.
         """
+        return self._generate(requests, _Call(on_token))
+
+    def _generate(self, requests: Sequence[OCRRequest], call: _Call) -> list[EngineResult]:
         loaded = self._ensure_loaded()
         results: list[EngineResult | None] = [None] * len(requests)
         items: list[_Item] = []
@@ -470,14 +491,19 @@ class TransformersEngine:
                     source=request.source,
                     page=request.page,
                 )
-        with self._run_lock:
-            self._cancel.clear()
-            for batch, staged in self._pipeline(list(self._batches(items)), loaded):
-                outputs = self._run_staged(batch, staged, loaded, on_token)
-                del staged  # the batch's device pixels go now, not with the next batch
-                for item, result in zip(batch, outputs, strict=True):
-                    results[item.index] = result
-                    item.prepared = None  # the page's pixels are no longer needed
+        with self._calls_lock:
+            self._calls.add(call)
+        try:
+            with self._run_lock:
+                for batch, staged in self._pipeline(list(self._batches(items)), loaded):
+                    outputs = self._run_staged(batch, staged, loaded, call)
+                    del staged  # the batch's device pixels go now, not with the next batch
+                    for item, result in zip(batch, outputs, strict=True):
+                        results[item.index] = result
+                        item.prepared = None  # the page's pixels are no longer needed
+        finally:
+            with self._calls_lock:
+                self._calls.discard(call)
         assert all(r is not None for r in results)  # every request was planned or failed
         return cast("list[EngineResult]", results)
 
@@ -491,11 +517,12 @@ class TransformersEngine:
 
         Cancelling the awaiting task stops generation promptly.
         """
-        task = asyncio.ensure_future(asyncio.to_thread(self.generate, requests, on_token=on_token))
+        call = _Call(on_token)
+        task = asyncio.ensure_future(asyncio.to_thread(self._generate, requests, call))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            self.cancel()
+            call.stop.set()  # this call only
             with contextlib.suppress(BaseException):
                 await task
             raise
@@ -510,9 +537,11 @@ class TransformersEngine:
         done = object()
         box: dict[str, EngineResult] = {}
 
+        call = _Call(lambda _i, t: pieces.put(t))
+
         def work() -> None:
             try:
-                box["result"] = self.generate([request], on_token=lambda _i, t: pieces.put(t))[0]
+                box["result"] = self._generate([request], call)[0]
             except BaseException as exc:
                 box["result"] = GenerationError(f"{type(exc).__name__}: {exc}")
             finally:
@@ -525,7 +554,7 @@ class TransformersEngine:
                 yield piece
         finally:
             if thread.is_alive():
-                self.cancel()
+                call.stop.set()  # this stream only
             thread.join()
         result = box.get("result")
         if isinstance(result, DeepSeekOCRError):
@@ -749,38 +778,34 @@ class TransformersEngine:
         batch: list[_Item],
         staged: _Staged | BaseException,
         loaded: LoadedModel,
-        on_token: TokenCallback | None,
+        call: _Call,
     ) -> list[EngineResult]:
         """Results for ``batch`` (in its order) from its staged pixels."""
         if isinstance(staged, BaseException):
             if len(batch) > 1:  # e.g. out of memory while uploading: page by page
                 _free_memory()
-                return [r for item in batch for r in self._run_one(item, loaded, on_token)]
+                return [r for item in batch for r in self._run_one(item, loaded, call)]
             return [_generation_error(batch[0], staged)]
         by_item: dict[int, EngineResult] = {id(it): err for it, err in staged.failed}
         if staged.items:
-            outputs = self._run_batch(staged, loaded, on_token)
+            outputs = self._run_batch(staged, loaded, call)
             for item, output in zip(staged.items, outputs, strict=True):
                 by_item[id(item)] = output
         return [by_item[id(item)] for item in batch]
 
-    def _run_one(
-        self, item: _Item, loaded: LoadedModel, on_token: TokenCallback | None
-    ) -> list[EngineResult]:
+    def _run_one(self, item: _Item, loaded: LoadedModel, call: _Call) -> list[EngineResult]:
         try:
             staged = self._stage([item], loaded)
         except Exception as exc:
             return [_generation_error(item, exc)]
-        return self._run_staged([item], staged, loaded, on_token)
+        return self._run_staged([item], staged, loaded, call)
 
-    def _run_batch(
-        self, staged: _Staged, loaded: LoadedModel, on_token: TokenCallback | None
-    ) -> list[EngineResult]:
+    def _run_batch(self, staged: _Staged, loaded: LoadedModel, call: _Call) -> list[EngineResult]:
         batch = staged.items
-        if self._cancel.is_set():  # cancelled before this batch began: do not start it
-            return [self._stopped_error(item) for item in batch]
+        if call.stop.is_set():  # cancelled before this batch began: do not start it
+            return [self._stopped_error(item, call) for item in batch]
         try:
-            return self._generate_batch(batch, staged.pixels, loaded, on_token)
+            return self._generate_batch(batch, staged.pixels, loaded, call)
         except DeepSeekOCRError as exc:
             return [exc] * len(batch)
         except Exception as exc:
@@ -790,12 +815,12 @@ class TransformersEngine:
         # the except block, so the failed call's frames (inputs, KV cache) are freed first.
         staged.pixels = None
         _free_memory()
-        return [r for item in batch for r in self._run_one(item, loaded, on_token)]
+        return [r for item in batch for r in self._run_one(item, loaded, call)]
 
-    def _stopped_error(self, item: _Item) -> EngineTimeoutError:
+    def _stopped_error(self, item: _Item, call: _Call) -> EngineTimeoutError:
         return EngineTimeoutError(
             "generation was cancelled"
-            if self._cancel.is_set()
+            if call.stop.is_set()
             else f"generation ran past the time limit ({self.timeout} s)",
             source=item.request.source,
             page=item.request.page,
@@ -838,7 +863,7 @@ class TransformersEngine:
         batch: list[_Item],
         pixels: PixelBatch | None,
         loaded: LoadedModel,
-        on_token: TokenCallback | None,
+        call: _Call,
     ) -> list[EngineResult]:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -869,7 +894,8 @@ class TransformersEngine:
         if any(g is not None for g in guards):
             processors.append(_NGramProcessor(guards, width, loaded.tokenizer))
         deadline = time.monotonic() + self.timeout if self.timeout else None
-        control = _Control(deadline, self._cancel)
+        control = _Control(deadline, call.stop)
+        on_token = call.on_token
         limits = [item.max_new for item in batch]
         criteria = StoppingCriteriaList([_StopCriterion(control)])
         if len(set(limits)) > 1:
@@ -914,7 +940,7 @@ class TransformersEngine:
         results: list[EngineResult] = []
         for item, row in zip(batch, generated, strict=True):
             if control.stopped:
-                results.append(self._stopped_error(item))
+                results.append(self._stopped_error(item, call))
                 continue
             row = row[: item.max_new]
             if special.eos in row:
