@@ -1080,10 +1080,14 @@ class _NGramProcessor:
         if not self.rows or generated < self.smallest:
             return scores
         tail = input_ids[:, -min(generated, self.widest) :].tolist()
+        rows: list[int] = []
+        tokens: list[int] = []
         for row, guard, whitelist in self.rows:
             banned = banned_tokens(tail[row], guard.ngram_size, guard.window_size, whitelist)
-            if banned:
-                scores[row, list(banned)] = -float("inf")
+            rows.extend([row] * len(banned))
+            tokens.extend(banned)
+        if tokens:  # one indexed write per step for the whole batch
+            scores[rows, tokens] = -float("inf")
         return scores
 
 
